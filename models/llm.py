@@ -1,0 +1,96 @@
+"""The LoRA-tuned Vicuna and the input projection: the language stage of NExT-GPT."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import AutoTokenizer, LlamaForCausalLM
+
+from .signals import SIGNAL_SPECS, added_tokens
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    r: int = 32  # the release's LoRA rank and alpha
+    alpha: int = 32
+    dropout: float = 0.1  # training-time only; inference runs in eval mode
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def check_tokenizer(tokenizer) -> None:
+    """The added tokens must be single ids, in release order, after the base vocabulary."""
+    tokens = added_tokens()
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    base = ids[0]
+    if ids != list(range(base, base + len(tokens))):
+        raise ValueError("tokenizer lacks NExT-GPT's added tokens in release order")
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """`###` (835 in LLaMA's vocabulary) ends a turn, as does EOS."""
+    ids = {tokenizer.eos_token_id}
+    hashes = tokenizer.convert_tokens_to_ids("###")
+    if hashes is not None and hashes != tokenizer.unk_token_id:
+        ids.add(hashes)
+    return ids
+
+
+class LanguageModel(nn.Module):
+    """Tokenizer + LoRA-wrapped LlamaForCausalLM + `llama_proj` (media embedding -> one token)."""
+
+    def __init__(self, tokenizer, peft_model, media_dim: int):
+        super().__init__()
+        check_tokenizer(tokenizer)
+        self.tokenizer = tokenizer
+        self.llama_model = peft_model
+        hidden = peft_model.get_base_model().config.hidden_size
+        self.llama_proj = nn.Linear(media_dim, hidden)
+        self.stop_ids = stop_token_ids(tokenizer)
+        self.signal_ids = {
+            m: tokenizer.convert_tokens_to_ids(spec.tokens) for m, spec in SIGNAL_SPECS.items()
+        }
+        self.hidden_ids = set(tokenizer.convert_tokens_to_ids(added_tokens()))
+
+    @classmethod
+    def from_pretrained(cls, llm_dir: Path, tokenizer_dir: Path, media_dim: int, lora: LoraSettings,
+                        device="cpu", dtype=torch.float32) -> "LanguageModel":
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        base = LlamaForCausalLM.from_pretrained(str(llm_dir), dtype=dtype)
+        return cls.from_base(tokenizer, base, media_dim, lora).to(device=device, dtype=dtype).eval()
+
+    @classmethod
+    def from_base(cls, tokenizer, base: LlamaForCausalLM, media_dim: int, lora: LoraSettings) -> "LanguageModel":
+        """Resize the base vocabulary to the tokenizer's and wrap it with the release's LoRA."""
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                            target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        return cls(tokenizer, get_peft_model(base, config), media_dim)
+
+    @property
+    def lm(self) -> LlamaForCausalLM:
+        """The base LlamaForCausalLM, with the LoRA layers injected."""
+        return self.llama_model.get_base_model()
+
+    @property
+    def device(self) -> torch.device:
+        return self.llama_proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llama_proj.weight.dtype
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.model.embed_tokens(ids.to(self.device))  # (B, n, H)
+
+    def project_media(self, embedding: torch.Tensor) -> torch.Tensor:
+        return self.llama_proj(embedding.to(self.device, self.dtype))  # (H,)
+
+    def decode_text(self, ids: list[int]) -> str:
+        """User-facing text: signal and wrapper tokens removed."""
+        return self.tokenizer.decode([i for i in ids if i not in self.hidden_ids], skip_special_tokens=True)

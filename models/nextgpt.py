@@ -1,0 +1,203 @@
+"""NExT-GPT as a library: `NextGPT.from_pretrained(dir).chat(messages)` -> text + media.
+
+Stages, each a component with its own device and dtype: the ImageBind encoder, the language
+model (LoRA Vicuna + input projection + the three output projections), and one decoder per
+output modality. `language()` and `decode()` are the two halves a scheduler may run apart.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+from .checkpoint import CHECKPOINT_FILE, load_release_checkpoint
+from .config import ModelConfig
+from .decoders import PARAMS_OF, Decoder, DecoderLimits, merge_params, validate_params
+from .encoder import ImageBindEncoder
+from .generate import SamplingParams, feed_tokens, generate
+from .llm import LanguageModel, LoraSettings
+from .output_proj import OutputProjection, OutputProjectionConfig
+from .prompt import Turn, build_segments, splice_embeddings
+from .signals import MODALITIES, find_signal_run
+from .streaming import TextStream
+from .types import ChatResult, GeneratedVideo, LanguageOutput, Message, Usage
+
+STAGES = ("encoder", "llm", "image", "audio", "video")
+
+
+def default_dtype(device: str) -> torch.dtype:
+    return torch.float16 if str(device).startswith("cuda") else torch.float32
+
+
+def quiet_loading() -> None:
+    """Loading a model is one step for our callers: no per-file progress bars from the libraries."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+def build_projections(config: ModelConfig, hidden: int) -> nn.ModuleDict:
+    return nn.ModuleDict({
+        m: OutputProjection(OutputProjectionConfig(in_dim=hidden, **config.projections[m].model_dump()))
+        for m in MODALITIES
+    })
+
+
+class NextGPT:
+    def __init__(self, config: ModelConfig, encoder: ImageBindEncoder, llm: LanguageModel,
+                 projections: nn.ModuleDict, decoders: dict[str, Decoder],
+                 limits: DecoderLimits = DecoderLimits()):
+        self.config = config
+        self.encoder = encoder
+        self.llm = llm
+        self.projections = projections.to(llm.device, llm.dtype).eval()
+        self.decoders = decoders
+        self.limits = limits
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, devices: dict[str, str] | str = "cpu",
+                        limits: DecoderLimits = DecoderLimits()) -> "NextGPT":
+        """Load a whole model directory; `devices` maps a stage (see STAGES) to its device."""
+        path = Path(path)
+        config = ModelConfig.load(path)
+        quiet_loading()
+        place = {s: devices for s in STAGES} if isinstance(devices, str) else {s: devices.get(s, "cpu") for s in STAGES}
+        parts = config.components
+        encoder = ImageBindEncoder.from_pretrained(path / parts.encoder, place["encoder"], default_dtype(place["encoder"]))
+        lora = LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout)
+        llm = LanguageModel.from_pretrained(path / parts.llm, path / parts.nextgpt, config.media_dim, lora,
+                                            device="cpu", dtype=torch.float32)
+        projections = build_projections(config, llm.lm.config.hidden_size)
+        load_release_checkpoint(path / parts.nextgpt / CHECKPOINT_FILE, llm, dict(projections))
+        llm = llm.to(place["llm"], default_dtype(place["llm"])).eval()
+        decoders = {}
+        for m in MODALITIES:
+            defaults = PARAMS_OF[m](**config.decoder_defaults.get(m, {}))
+            decoders[m] = Decoder.from_pretrained(m, path / getattr(parts, m), defaults, place[m], default_dtype(place[m]))
+        return cls(config, encoder, llm, projections, decoders, limits)
+
+    # 1. encode and project media -------------------------------------------------------------
+    def _turns(self, messages: list[Message]) -> tuple[list[Turn], int]:
+        turns, n_media = [], 0
+        for msg in messages:
+            media: dict[str, list[torch.Tensor]] = {}
+            for item in msg.media:
+                emb = self.encoder.encode(item.modality, item.value, item.key)  # (D,)
+                media.setdefault(item.modality, []).append(self.llm.project_media(emb))  # (H,)
+                n_media += 1
+            turns.append(Turn(msg.role, msg.text, media))
+        return turns, n_media
+
+    # 2.-4. prompt, generation, signal hidden states -> decoder conditions -----------------------
+    @torch.inference_mode()
+    def language(self, messages: list[Message], *, modalities: Iterable[str] = MODALITIES,
+                 required: Iterable[str] = (), sampling: SamplingParams = SamplingParams(),
+                 on_text: Callable[[str], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> LanguageOutput:
+        allowed, required = set(modalities), set(required)
+        check_messages(messages, allowed, required)
+        timings = {}
+        t0 = time.perf_counter()
+        turns, n_media = self._turns(messages)
+        timings["encode"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        segments = build_segments(turns)
+        embeds, _ = splice_embeddings(segments, self.llm.tokenize, self.llm.embed_ids,
+                                      self.llm.tokenizer.bos_token_id, self.config.bos_per_text_segment)
+        stream = TextStream(self.llm.decode_text, on_text)
+        gen, cache = generate(self.llm.lm, embeds, sampling, self.llm.stop_ids, stream.push, should_stop)
+        timings["llm"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        conditions, skipped = self._conditions(gen, cache, allowed, required)
+        timings["projection"] = time.perf_counter() - t0
+        usage = Usage(prompt_tokens=embeds.shape[1], completion_tokens=len(gen.ids), media_items=n_media)
+        return LanguageOutput(stream.final_text(gen.ids), gen.ids, gen.finish_reason, conditions, skipped, usage, timings)
+
+    def _conditions(self, gen, cache, allowed: set[str], required: set[str]):
+        """Hidden states at each signal run (emitted, or appended when required) -> projections."""
+        conditions, skipped = {}, {}
+        for modality in MODALITIES:
+            ids = self.llm.signal_ids[modality]
+            run = find_signal_run(gen.ids, ids, modality)
+            hidden = None
+            if run is not None and not run.ok:
+                skipped[modality] = run.reason
+            elif run is not None and modality in allowed:
+                hidden = self._hidden_at(gen, cache, run.start, len(ids))
+            elif run is not None:
+                skipped[modality] = f"the model produced {modality} but it is not in the accepted modalities"
+            if hidden is None and modality in required:
+                self._hidden_at(gen, cache, len(gen.ids), 0)  # make sure every generated id is cached
+                hidden = feed_tokens(self.llm.lm, ids, cache)  # (N, H)
+                skipped.pop(modality, None)
+            if hidden is not None:
+                conditions[modality] = self._project(modality, hidden, ids)
+        return conditions, skipped
+
+    def _hidden_at(self, gen, cache, start: int, n: int) -> torch.Tensor:
+        """Last-layer states AT positions start..start+n-1 of the generated ids (N, H)."""
+        if len(gen.hidden) < len(gen.ids) and start + n >= len(gen.ids):
+            gen.hidden.append(feed_tokens(self.llm.lm, [gen.ids[-1]], cache)[0])  # last id was never fed
+        return torch.stack(gen.hidden[start:start + n]) if n else torch.empty(0)
+
+    def _project(self, modality: str, hidden: torch.Tensor, ids: list[int]) -> torch.Tensor:
+        signal_embeds = self.llm.embed_ids(torch.tensor([ids]))  # (1, N, H)
+        out = self.projections[modality](hidden.unsqueeze(0), signal_embeds)  # (1, Q, D)
+        return out.reshape(1, -1) if modality == "audio" else out  # AudioLDM takes (1, D)
+
+    # 5. decode ---------------------------------------------------------------------------------
+    def decoder_params(self, modality: str, overrides: dict | None = None):
+        decoder = self.decoders[modality]
+        params = merge_params(modality, decoder.defaults, overrides)
+        return validate_params(modality, params, self.limits, decoder.spatial_multiple)
+
+    def decode(self, modality: str, condition: torch.Tensor, params, seed: int | None = None,
+               on_step: Callable[[int, int], None] | None = None,
+               should_stop: Callable[[], bool] | None = None):
+        out = self.decoders[modality](condition, params, [seed], on_step, should_stop)[0]
+        return GeneratedVideo(out, params.fps) if modality == "video" else out
+
+    # the whole turn ----------------------------------------------------------------------------
+    def chat(self, messages: list[Message], *, modalities: Iterable[str] = MODALITIES,
+             required: Iterable[str] = (), sampling: SamplingParams = SamplingParams(),
+             decoder_params: dict[str, dict] | None = None,
+             on_text: Callable[[str], None] | None = None,
+             on_progress: Callable[[str, int, int], None] | None = None,
+             should_stop: Callable[[], bool] | None = None) -> ChatResult:
+        # 1. check the decoder parameters before any work is spent
+        params = {m: self.decoder_params(m, (decoder_params or {}).get(m)) for m in MODALITIES}
+        # 2. encode, prompt, generate, project
+        lang = self.language(messages, modalities=modalities, required=required, sampling=sampling,
+                             on_text=on_text, should_stop=should_stop)
+        result = ChatResult(text=lang.text, skipped=dict(lang.skipped), finish_reason=lang.finish_reason,
+                            usage=lang.usage, timings=dict(lang.timings))
+        # 3. decode each requested output
+        for modality, condition in lang.conditions.items():
+            t0 = time.perf_counter()
+            step = (lambda s, t, m=modality: on_progress(m, s, t)) if on_progress else None
+            output = self.decode(modality, condition, params[modality], sampling.seed, step, should_stop)
+            setattr(result, modality, output)
+            result.timings[modality] = time.perf_counter() - t0
+        return result
+
+
+def check_messages(messages: list[Message], allowed: set[str], required: set[str]) -> None:
+    if not messages:
+        raise ValueError("messages must not be empty")
+    for i, msg in enumerate(messages):
+        if msg.role not in ("user", "assistant"):
+            raise ValueError(f"messages[{i}].role must be 'user' or 'assistant', got {msg.role!r}")
+    if messages[-1].role != "user":
+        raise ValueError("the last message must come from the user")
+    unknown = (allowed | required) - set(MODALITIES) - {"text"}
+    if unknown:
+        raise ValueError(f"unknown modalities: {sorted(unknown)}")
+    if not required <= allowed:
+        raise ValueError(f"required modalities {sorted(required - allowed)} are not in modalities")
