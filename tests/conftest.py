@@ -1,0 +1,30 @@
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir():
+    from weights.presets import resolve
+
+    return resolve("tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    from models.nextgpt import NextGPT
+
+    return NextGPT.from_pretrained(tiny_dir)
