@@ -1,0 +1,109 @@
+"""Every server setting in one place: pydantic-settings, env prefix `NEXTGPT_`.
+
+Routes read the settings through the `get_settings` dependency (tests override it per test);
+nothing deeper than the server reads the environment. List settings take JSON
+(`["a","b"]`) or a comma-separated string (`a,b`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+from starlette.requests import HTTPConnection
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from models.decoders import DecoderLimits
+from models.media import MediaLimits
+from weights.presets import DEFAULT_PRESET
+
+MiB = 1024 * 1024
+StrList = Annotated[list[str], NoDecode]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NEXTGPT_", extra="ignore")
+
+    # --- model ---------------------------------------------------------------------------------
+    weights: str = Field(DEFAULT_PRESET, description="preset name or model directory to serve")
+    model_name: str | None = Field(None, description="model id clients send; default: the weights' own name")
+    devices: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', or JSON {stage: device}")
+    warmup: bool = Field(True, description="run one small request through every stage before /ready")
+    # --- network -------------------------------------------------------------------------------
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_keys: StrList = Field(default_factory=list, description="accepted Bearer keys; empty: no auth")
+    cors_origins: StrList = Field(default_factory=list, description="origins allowed by CORS; empty: none")
+    public_base_url: str | None = Field(None, description="base of file URLs (behind a proxy); default: the request's")
+    # --- scheduling ----------------------------------------------------------------------------
+    queue_size: int = Field(32, ge=1, description="requests admitted at once (running or waiting); more get 429")
+    request_deadline_s: float = Field(600.0, gt=0, description="a request still running after this gets 504")
+    retry_after_s: int = Field(1, ge=1, description="minimum Retry-After of a 429")
+    # --- generated files -----------------------------------------------------------------------
+    files_dir: Path | None = Field(None, description="where generated media are kept; default: a temp dir")
+    file_ttl_s: float = Field(3600.0, gt=0, description="generated media are deleted this long after creation")
+    # --- request limits ------------------------------------------------------------------------
+    max_body_bytes: int = Field(64 * MiB, ge=1024, description="largest request body (HTTP) or WS message")
+    max_media_items: int = Field(8, ge=0, description="media items in one request (all messages)")
+    max_media_bytes: int = Field(20 * MiB, ge=1, description="largest single media item, decoded from base64")
+    max_image_pixels: int = Field(4096 * 4096, ge=1, description="per image or video frame")
+    max_audio_seconds: float = Field(60.0, gt=0)
+    max_video_seconds: float = Field(60.0, gt=0)
+    max_video_frames: int = Field(1800, ge=1)
+    max_tokens_limit: int = Field(1024, ge=1, description="the largest max_tokens a request may ask")
+    default_max_tokens: int = Field(246, ge=1, description="max_tokens when the request gives none")
+    default_modalities: StrList = Field(["text", "image", "audio", "video"],
+                                        description="outputs accepted when a request gives no `modalities`")
+    # --- decoder limits (per-request image/audio/video parameters) -----------------------------
+    max_decoder_steps: int = Field(100, ge=1)
+    max_guidance_scale: float = Field(30.0, ge=0)
+    max_image_side: int = Field(1024, ge=8, description="height and width of images and video frames")
+    max_output_audio_seconds: float = Field(30.0, gt=0)
+    max_output_frames: int = Field(32, ge=1)
+    # --- remote media URLs ---------------------------------------------------------------------
+    allow_remote_urls: bool = Field(False, description="fetch http(s) media URLs (public addresses only)")
+    remote_timeout_s: float = Field(10.0, gt=0)
+    remote_max_bytes: int = Field(20 * MiB, ge=1)
+    # --- WebSocket -----------------------------------------------------------------------------
+    ws_max_turns: int = Field(16, ge=1, description="turns of history one socket keeps (oldest dropped)")
+    log_level: str = "info"
+
+    @field_validator("api_keys", "cors_origins", "default_modalities", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [v.strip() for v in text.split(",") if v.strip()]
+        return value
+
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(max_bytes=self.max_media_bytes, max_pixels=self.max_image_pixels,
+                           max_audio_seconds=self.max_audio_seconds,
+                           max_video_seconds=self.max_video_seconds,
+                           max_video_frames=self.max_video_frames)
+
+    def decoder_limits(self) -> DecoderLimits:
+        return DecoderLimits(max_steps=self.max_decoder_steps, max_guidance=self.max_guidance_scale,
+                             max_side=self.max_image_side, max_audio_seconds=self.max_output_audio_seconds,
+                             max_frames=self.max_output_frames)
+
+    def device_map(self) -> str | dict[str, str]:
+        text = self.devices.strip()
+        if text.startswith("{"):
+            import json
+
+            return json.loads(text)
+        if text == "auto":
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return text
+
+
+def get_settings(conn: HTTPConnection) -> Settings:
+    """The dependency every route uses; tests replace it with `app.dependency_overrides`."""
+    return conn.app.state.settings
