@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .batching import BatchingDecoder
 from .checkpoint import CHECKPOINT_FILE, load_release_checkpoint
 from .config import ModelConfig
 from .decoders import PARAMS_OF, Decoder, DecoderLimits, merge_params, validate_params
@@ -60,6 +61,13 @@ class NextGPT:
         self.projections = projections.to(llm.device, llm.dtype).eval()
         self.decoders = decoders
         self.limits = limits
+        self.batchers: dict[str, BatchingDecoder] = {}
+
+    def enable_batching(self, max_batch: int = 8) -> None:
+        """Concurrent decode() calls with equal parameters then share one pipeline call."""
+        for modality, decoder in self.decoders.items():
+            if modality not in self.batchers:
+                self.batchers[modality] = BatchingDecoder(decoder, max_batch)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, devices: dict[str, str] | str = "cpu",
@@ -161,7 +169,10 @@ class NextGPT:
     def decode(self, modality: str, condition: torch.Tensor, params, seed: int | None = None,
                on_step: Callable[[int, int], None] | None = None,
                should_stop: Callable[[], bool] | None = None):
-        out = self.decoders[modality](condition, params, [seed], on_step, should_stop)[0]
+        if modality in self.batchers:
+            out = self.batchers[modality](condition, params, seed, on_step, should_stop)
+        else:
+            out = self.decoders[modality](condition, params, [seed], on_step, should_stop)[0]
         return GeneratedVideo(out, params.fps) if modality == "video" else out
 
     # the whole turn ----------------------------------------------------------------------------

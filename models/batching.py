@@ -1,0 +1,126 @@
+"""Batching decoder calls across concurrent requests.
+
+Callers (one thread per request) submit a condition; a single worker per decoder takes every
+pending request whose parameters equal the first one's, up to `max_batch`, and runs ONE pipeline
+call with per-item generators, so a batched result equals the unbatched one for the same seed.
+A request cancelled while it waits leaves the queue at once (its slot goes to the next request);
+one cancelled while its batch runs is answered at once and its share of the batch is dropped.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .decoders import Decoder
+from .generate import GenerationCancelled
+
+
+@dataclass
+class _Job:
+    condition: torch.Tensor  # (1, ...) decoder prompt embedding
+    params: object
+    seed: int | None
+    on_step: Callable[[int, int], None] | None
+    should_stop: Callable[[], bool] | None
+    future: Future = field(default_factory=Future)
+
+    def cancelled(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+
+class BatchingDecoder:
+    def __init__(self, decoder: Decoder, max_batch: int = 8, start: bool = True):
+        self.decoder = decoder
+        self.max_batch = max_batch
+        self.batches_run = 0
+        self.largest_batch = 0
+        self._pending: deque[_Job] = deque()
+        self._cv = threading.Condition()
+        self._closed = False
+        self._worker = threading.Thread(target=self._loop, name=f"decoder-{decoder.modality}", daemon=True)
+        if start:
+            self._worker.start()
+
+    def start(self) -> None:
+        self._worker.start()
+
+    @property
+    def queue_depth(self) -> int:
+        with self._cv:
+            return len(self._pending)
+
+    def __call__(self, condition, params, seed=None, on_step=None, should_stop=None):
+        """Blocks until this request's output is ready; raises GenerationCancelled if stopped."""
+        job = _Job(condition, params, seed, on_step, should_stop)
+        with self._cv:
+            self._pending.append(job)
+            self._cv.notify()
+        while True:
+            try:
+                return job.future.result(timeout=0.05)
+            except TimeoutError:
+                if job.cancelled():
+                    self._withdraw(job)
+                    raise GenerationCancelled()
+
+    def _withdraw(self, job: _Job) -> None:
+        with self._cv:
+            if job in self._pending:
+                self._pending.remove(job)
+
+    def _take_batch(self) -> list[_Job]:
+        with self._cv:
+            while not self._pending and not self._closed:
+                self._cv.wait()
+            if self._closed:
+                return []
+            first = self._pending.popleft()
+            batch = [first]
+            for job in list(self._pending):
+                if len(batch) >= self.max_batch:
+                    break
+                if job.params == first.params and job.condition.shape == first.condition.shape:
+                    self._pending.remove(job)
+                    batch.append(job)
+            return batch
+
+    def _loop(self) -> None:
+        while True:
+            batch = [job for job in self._take_batch() if not job.cancelled()]
+            if self._closed:
+                return
+            if batch:
+                self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        def on_step(step: int, total: int) -> None:
+            for job in batch:
+                if job.on_step is not None and not job.future.done():
+                    job.on_step(step, total)
+
+        def all_cancelled() -> bool:
+            return all(job.cancelled() for job in batch)
+
+        self.batches_run += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        try:
+            outputs = self.decoder(torch.cat([j.condition for j in batch]), batch[0].params,
+                                   [j.seed for j in batch], on_step, all_cancelled)
+        except BaseException as exc:  # every waiter learns what happened; the worker lives on
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        for job, out in zip(batch, outputs):
+            if not job.future.done():
+                job.future.set_result(out)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
