@@ -107,7 +107,7 @@ class Decoder:
 
     def __init__(self, modality: str, pipe, defaults, device="cpu", dtype=torch.float32):
         self.modality = modality
-        self.pipe = pipe.to(device)  # dtype is set at load (from_pretrained's torch_dtype)
+        self.pipe = pipe.to(device)  # dtype is set at load (from_pretrained(dtype=...))
         self.pipe.set_progress_bar_config(disable=True)
         self.defaults = defaults
         self.device = torch.device(device)
@@ -117,7 +117,7 @@ class Decoder:
     @classmethod
     def from_pretrained(cls, modality: str, path: Path, defaults, device="cpu", dtype=torch.float32) -> "Decoder":
         kwargs = {"safety_checker": None, "requires_safety_checker": False} if modality == "image" else {}
-        pipe = PIPELINE_OF[modality].from_pretrained(str(path), torch_dtype=dtype, **kwargs)
+        pipe = PIPELINE_OF[modality].from_pretrained(str(path), dtype=dtype, **kwargs)
         return cls(modality, pipe, defaults, device, dtype)
 
     @property

@@ -184,8 +184,10 @@ def decode_image(data: bytes, limits: MediaLimits = MediaLimits()) -> Image.Imag
     mime = _check_input(data, "image", limits)
     try:
         img = Image.open(io.BytesIO(data), formats=[_PIL_FORMATS[mime]])  # reads the header only
-    except Image.DecompressionBombError as e:
-        raise MediaTooLargeError(f"the image has too many pixels ({e})") from None
+    except Image.DecompressionBombError:  # Pillow's own guard, past twice its MAX_IMAGE_PIXELS
+        size = "x".join(map(str, _png_size(data) or ())) or "over 178 million"
+        raise MediaTooLargeError(f"the image is {size} pixels; the limit is {limits.max_pixels} "
+                                 f"pixels") from None
     except Exception as e:  # UnidentifiedImageError, struct.error, SyntaxError...
         raise CorruptMediaError(f"the image could not be read: {_why(e)}") from None
     width, height = img.size
@@ -199,9 +201,24 @@ def decode_image(data: bytes, limits: MediaLimits = MediaLimits()) -> Image.Imag
         raise CorruptMediaError(f"the image is damaged or truncated: {_why(e)}") from None
 
 
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR, for the message when Pillow refuses to open it."""
+    if bytes(data[12:16]) != b"IHDR":
+        return None
+    return struct.unpack(">II", bytes(data[16:24]))
+
+
 def _why(e: BaseException) -> str:
-    text = str(e).strip()
-    return text if text else type(e).__name__
+    return str(e).strip() or type(e).__name__
+
+
+def _too_long(what: str, seconds: float, limit: float) -> MediaTooLargeError:
+    return MediaTooLargeError(f"the {what} lasts {seconds:.1f} s; the limit is {limit:g} s")
+
+
+def _too_many_frames(count: int, limits: MediaLimits) -> MediaTooLargeError:
+    return MediaTooLargeError(
+        f"the video has more than {count - 1} frames; the limit is {limits.max_video_frames}")
 
 
 # ---------------------------------------------------------------------------------- audio
@@ -231,11 +248,6 @@ def decode_audio(data: bytes, limits: MediaLimits = MediaLimits()) -> np.ndarray
     return np.ascontiguousarray(wave, dtype=np.float32)
 
 
-def _too_long_audio(seconds: float, limits: MediaLimits) -> MediaTooLargeError:
-    return MediaTooLargeError(
-        f"the audio lasts {seconds:.1f} s; the limit is {limits.max_audio_seconds:g} s")
-
-
 def _check_wav_header(head: bytes, total: int, limits: MediaLimits) -> None:
     """Refuse a RIFF WAV from its header: declared duration over the limit, or truncated data.
 
@@ -259,7 +271,7 @@ def _check_wav_header(head: bytes, total: int, limits: MediaLimits) -> None:
         return  # a streamed WAV whose writer never filled in the size: the samples decide
     seconds = size / fmt[4] / fmt[2]
     if seconds > limits.max_audio_seconds:
-        raise _too_long_audio(seconds, limits)
+        raise _too_long("audio", seconds, limits.max_audio_seconds)
     if pos + 8 + size > total:
         raise CorruptMediaError(f"the WAV is truncated: its header declares {seconds:.2f} s but only "
                                 f"{max(total - pos - 8, 0) / fmt[4] / fmt[2]:.2f} s is present")
@@ -274,7 +286,7 @@ def _read_soundfile(data: bytes, limits: MediaLimits) -> tuple[np.ndarray | None
             if rate <= 0:
                 raise CorruptMediaError("the audio header has no sample rate")
             if frames > 0 and frames / rate > limits.max_audio_seconds:
-                raise _too_long_audio(frames / rate, limits)
+                raise _too_long("audio", frames / rate, limits.max_audio_seconds)
             cap = int(limits.max_audio_seconds * rate) + 1  # never read past the limit
             wave = f.read(frames=cap, dtype="float32", always_2d=True)  # (N, C)
     except MediaError:
@@ -282,7 +294,7 @@ def _read_soundfile(data: bytes, limits: MediaLimits) -> tuple[np.ndarray | None
     except Exception:
         return None, 0  # PyAV gets a try: it reads more variants (ID3-wrapped FLAC, odd MP3s)
     if len(wave) / rate > limits.max_audio_seconds:
-        raise _too_long_audio(len(wave) / rate, limits)
+        raise _too_long("audio", len(wave) / rate, limits.max_audio_seconds)
     return wave.mean(axis=1, dtype=np.float32), rate
 
 
@@ -296,7 +308,7 @@ def _read_pyav_audio(data: bytes, limits: MediaLimits) -> tuple[np.ndarray, int]
             stream = container.streams.audio[0]
             seconds = _stream_seconds(container, stream)
             if seconds is not None and seconds > limits.max_audio_seconds:
-                raise _too_long_audio(seconds, limits)
+                raise _too_long("audio", seconds, limits.max_audio_seconds)
             return _decode_audio_frames(container, stream, limits)
     except MediaError:
         raise
@@ -319,7 +331,7 @@ def _decode_audio_frames(container, stream, limits: MediaLimits) -> tuple[np.nda
             chunks.append(chunk)
             count += len(chunk)
         if count > cap:
-            raise _too_long_audio(count / rate, limits)
+            raise _too_long("audio", count / rate, limits.max_audio_seconds)
     return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), int(rate)
 
 
@@ -361,20 +373,12 @@ def decode_video(data: bytes, limits: MediaLimits = MediaLimits(),
                      indices=np.asarray(indices, np.int64), timestamps=np.asarray(times, np.float64))
 
 
-def _too_long_video(seconds: float, limits: MediaLimits) -> MediaTooLargeError:
-    return MediaTooLargeError(
-        f"the video lasts {seconds:.1f} s; the limit is {limits.max_video_seconds:g} s")
-
-
-def _too_many_frames(count: int, limits: MediaLimits) -> MediaTooLargeError:
-    return MediaTooLargeError(
-        f"the video has more than {count - 1} frames; the limit is {limits.max_video_frames}")
-
-
 def _video_stream(container):
-    if not container.streams.video:
-        raise CorruptMediaError("the file has no video stream")
-    return container.streams.video[0]
+    if container.streams.video:
+        return container.streams.video[0]
+    if container.streams.audio:
+        raise UnsupportedMediaError("the file holds only sound: send it as audio, not video")
+    raise CorruptMediaError("the file has no video stream")
 
 
 def _probe_video(data: bytes, limits: MediaLimits) -> tuple[int, float, tuple[int, int]]:
@@ -389,7 +393,7 @@ def _probe_video(data: bytes, limits: MediaLimits) -> tuple[int, float, tuple[in
                                      f"{limits.max_pixels} pixels")
         seconds = _stream_seconds(container, stream)
         if seconds is not None and seconds > limits.max_video_seconds:
-            raise _too_long_video(seconds, limits)
+            raise _too_long("video", seconds, limits.max_video_seconds)
         if stream.frames > limits.max_video_frames:
             raise _too_many_frames(stream.frames + 1, limits)
         pts = []
@@ -403,7 +407,7 @@ def _probe_video(data: bytes, limits: MediaLimits) -> tuple[int, float, tuple[in
             raise CorruptMediaError("the video has no frames")
         times = sorted(float(p * stream.time_base) for p in pts if p is not None)
         if len(times) > 1 and times[-1] - times[0] > limits.max_video_seconds:
-            raise _too_long_video(times[-1] - times[0], limits)
+            raise _too_long("video", times[-1] - times[0], limits.max_video_seconds)
         return len(pts), _frame_rate(stream, times), (width, height)
 
 
@@ -412,7 +416,7 @@ def _frame_rate(stream, times: list[float]) -> float:
     for variable-frame-rate files that declare neither."""
     for rate in (stream.average_rate, stream.base_rate, stream.guessed_rate):
         if rate and float(rate) > 0 and math.isfinite(float(rate)):
-            return float(Fraction(rate))
+            return float(rate)
     if len(times) > 1 and times[-1] > times[0]:
         return (len(times) - 1) / (times[-1] - times[0])
     return 1.0  # a single frame without timing: any rate gives the same one-frame clips
