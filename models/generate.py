@@ -33,7 +33,7 @@ class Generation:
 
 def forward_embeds(lm, embeds: torch.Tensor, cache: DynamicCache) -> tuple[torch.Tensor, torch.Tensor]:
     """(1, T, H) embeddings -> (logits of the last position (1, V), last-layer states (1, T, H))."""
-    out = lm.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
+    out = lm.model(inputs_embeds=embeds, cache=cache, use_cache=True)
     hidden = out.last_hidden_state  # (1, T, H), after the final RMSNorm
     return lm.lm_head(hidden[:, -1]).float(), hidden
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import io
 import math
 import struct
-from dataclasses import dataclass, field
-from fractions import Fraction
+from dataclasses import dataclass
 from typing import Callable, Iterable, Union
 
 import numpy as np
@@ -99,13 +98,32 @@ _AUDIO_CONTAINERS = {"video/mp4", "video/webm", "video/x-matroska", "video/quick
 _SOUNDFILE_MIMES = {"audio/wav", "audio/flac", "audio/ogg", "audio/mpeg"}
 
 
+_PREFIXES = [  # (magic at offset 0, modality, mime)
+    (b"\x89PNG\r\n\x1a\n", "image", "image/png"), (b"\xff\xd8\xff", "image", "image/jpeg"),
+    (b"GIF87a", "image", "image/gif"), (b"GIF89a", "image", "image/gif"),
+    (b"fLaC", "audio", "audio/flac"), (b"ID3", "audio", "audio/mpeg"),
+]
+_RIFF = {b"WEBP": ("image", "image/webp"), b"WAVE": ("audio", "audio/wav"),
+         b"AVI ": ("video", "video/x-msvideo")}  # RIFF/RF64/BW64 <size> <form type>
+
+
 def sniff(data: bytes) -> tuple[str, str]:
     """(modality, mime) from the magic bytes alone. Raises UnsupportedMediaError (CorruptMediaError
     for zero bytes)."""
     if not data:
         raise CorruptMediaError("the upload is empty (zero bytes)")
-    head = bytes(data[:512])
-    found = _sniff_image(head) or _sniff_audio(head) or _sniff_container(head)
+    h = bytes(data[:512])
+    for magic, modality, mime in _PREFIXES:
+        if h.startswith(magic):
+            return modality, mime
+    if h[:4] in (b"RIFF", b"RF64", b"BW64") and h[8:12] in _RIFF:
+        return _RIFF[h[8:12]]
+    if h.startswith(b"OggS"):
+        return ("video", "video/ogg") if b"\x80theora" in h else ("audio", "audio/ogg")
+    if len(h) >= 2 and h[0] == 0xFF and h[1] & 0xE0 == 0xE0 and (h[1] >> 3) & 3 != 1:
+        # MPEG audio frame sync; layer bits 00 mean ADTS AAC rather than MP1/2/3.
+        return ("audio", "audio/aac") if (h[1] >> 1) & 3 == 0 else ("audio", "audio/mpeg")
+    found = _sniff_iso_or_matroska(h)
     if found is None:
         raise UnsupportedMediaError(
             "not an image, audio or video format we read (PNG, JPEG, WebP, GIF; WAV, FLAC, OGG, MP3; "
@@ -113,34 +131,7 @@ def sniff(data: bytes) -> tuple[str, str]:
     return found
 
 
-def _sniff_image(h: bytes) -> tuple[str, str] | None:
-    if h.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image", "image/png"
-    if h.startswith(b"\xff\xd8\xff"):
-        return "image", "image/jpeg"
-    if h[:6] in (b"GIF87a", b"GIF89a"):
-        return "image", "image/gif"
-    if h[:4] == b"RIFF" and h[8:12] == b"WEBP":
-        return "image", "image/webp"
-    return None
-
-
-def _sniff_audio(h: bytes) -> tuple[str, str] | None:
-    if h[:4] in (b"RIFF", b"RF64", b"BW64") and h[8:12] == b"WAVE":
-        return "audio", "audio/wav"
-    if h.startswith(b"fLaC"):
-        return "audio", "audio/flac"
-    if h.startswith(b"OggS"):
-        return ("video", "video/ogg") if b"\x80theora" in h else ("audio", "audio/ogg")
-    if h.startswith(b"ID3"):
-        return "audio", "audio/mpeg"
-    if len(h) >= 2 and h[0] == 0xFF and h[1] & 0xE0 == 0xE0 and (h[1] >> 3) & 3 != 1:
-        # MPEG audio frame sync; layer bits 00 mean ADTS AAC rather than MP1/2/3.
-        return ("audio", "audio/aac") if (h[1] >> 1) & 3 == 0 else ("audio", "audio/mpeg")
-    return None
-
-
-def _sniff_container(h: bytes) -> tuple[str, str] | None:
+def _sniff_iso_or_matroska(h: bytes) -> tuple[str, str] | None:
     if h[4:8] == b"ftyp":
         brand = h[8:12]
         if brand in _ISO_IMAGE_BRANDS:
@@ -152,8 +143,6 @@ def _sniff_container(h: bytes) -> tuple[str, str] | None:
         return "video", "video/quicktime"
     if h.startswith(b"\x1a\x45\xdf\xa3"):
         return "video", "video/webm" if b"webm" in h[:64] else "video/x-matroska"
-    if h[:4] == b"RIFF" and h[8:12] == b"AVI ":
-        return "video", "video/x-msvideo"
     return None
 
 
@@ -216,9 +205,8 @@ def _too_long(what: str, seconds: float, limit: float) -> MediaTooLargeError:
     return MediaTooLargeError(f"the {what} lasts {seconds:.1f} s; the limit is {limit:g} s")
 
 
-def _too_many_frames(count: int, limits: MediaLimits) -> MediaTooLargeError:
-    return MediaTooLargeError(
-        f"the video has more than {count - 1} frames; the limit is {limits.max_video_frames}")
+def _too_many_frames(limits: MediaLimits) -> MediaTooLargeError:
+    return MediaTooLargeError(f"the video has more than {limits.max_video_frames} frames, the limit")
 
 
 # ---------------------------------------------------------------------------------- audio
@@ -358,8 +346,10 @@ def decode_video(data: bytes, limits: MediaLimits = MediaLimits(),
         n_frames, fps, (width, height) = _probe_video(data, limits)
         wanted = _wanted(keep, n_frames, fps, width * height * 3, limits)
         frames, indices, times, decoded = _decode_frames(data, wanted, limits)
-        if decoded < n_frames and (wanted is None or wanted[-1] >= decoded):
-            # Fewer frames decoded than packets demuxed: the decoded count is the truth; choose again.
+        if wanted is None:
+            n_frames = decoded  # every frame was decoded: their count is the truth
+        elif 0 < decoded <= wanted[-1]:
+            # Fewer frames decoded than packets demuxed (rare): choose again from the true count.
             n_frames = decoded
             wanted = _wanted(keep, n_frames, fps, width * height * 3, limits)
             frames, indices, times, _ = _decode_frames(data, wanted, limits)
@@ -395,14 +385,14 @@ def _probe_video(data: bytes, limits: MediaLimits) -> tuple[int, float, tuple[in
         if seconds is not None and seconds > limits.max_video_seconds:
             raise _too_long("video", seconds, limits.max_video_seconds)
         if stream.frames > limits.max_video_frames:
-            raise _too_many_frames(stream.frames + 1, limits)
+            raise _too_many_frames(limits)
         pts = []
         for packet in container.demux(stream):
             if packet.size == 0:
                 continue  # the demuxer's end-of-stream marker
             pts.append(packet.pts)
             if len(pts) > limits.max_video_frames:
-                raise _too_many_frames(len(pts), limits)
+                raise _too_many_frames(limits)
         if not pts:
             raise CorruptMediaError("the video has no frames")
         times = sorted(float(p * stream.time_base) for p in pts if p is not None)
@@ -449,7 +439,7 @@ def _decode_frames(data: bytes, wanted: list[int] | None, limits: MediaLimits):
         stream.thread_type = "AUTO"  # frame threads: several times faster on long clips
         for index, frame in enumerate(container.decode(stream)):
             if index >= limits.max_video_frames:
-                raise _too_many_frames(index + 1, limits)
+                raise _too_many_frames(limits)
             if wanted_set is None or index in wanted_set:
                 if frame.width * frame.height > limits.max_pixels:
                     raise MediaTooLargeError("a video frame is over the pixel limit")
