@@ -184,6 +184,9 @@ def decode_image(data: bytes, limits: MediaLimits = MediaLimits()) -> Image.Imag
         raise MediaTooLargeError(
             f"the image is {width}x{height} pixels; the limit is {limits.max_pixels} pixels")
     try:
+        img.load()
+        if img.mode.startswith("I"):  # 16-bit grey PNG: Pillow's convert("RGB") would clip it white
+            img = Image.fromarray((np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8), "L")
         # ImageBind converts with a plain convert("RGB") (alpha dropped, no EXIF rotation): so do we.
         return img.convert("RGB")
     except Exception as e:  # truncated (OSError), zlib errors, broken streams
