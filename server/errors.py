@@ -122,7 +122,11 @@ def loc_to_param(loc: Sequence[Any]) -> str:
 
 
 def validation_error(exc: RequestValidationError) -> APIError:
-    errors = exc.errors()
+    return schema_error(list(exc.errors()))
+
+
+def schema_error(errors: list[dict[str, Any]]) -> APIError:
+    """pydantic errors -> 400 for unparseable JSON, else 422 naming the first offending field."""
     if any(e.get("type") == "json_invalid" for e in errors):
         first = next(e for e in errors if e.get("type") == "json_invalid")
         why = (first.get("ctx") or {}).get("error", "")
