@@ -121,8 +121,12 @@ def loc_to_param(loc: Sequence[Any]) -> str:
     return out
 
 
-def validation_error(exc: RequestValidationError) -> APIError:
-    return schema_error(list(exc.errors()))
+def validation_error(exc: RequestValidationError, content_type: str = "application/json") -> APIError:
+    errors = list(exc.errors())
+    if errors and tuple(errors[0].get("loc", ())) == ("body",):  # no body, or not an object
+        hint = "" if "json" in content_type else " sent with Content-Type: application/json"
+        return APIError(400, f"the body must be a JSON object{hint}", code="invalid_body")
+    return schema_error(errors)
 
 
 def schema_error(errors: list[dict[str, Any]]) -> APIError:
@@ -150,7 +154,7 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return validation_error(exc).response()
+        return validation_error(exc, request.headers.get("content-type", "")).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

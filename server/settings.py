@@ -30,8 +30,8 @@ class Settings(BaseSettings):
     devices: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', or JSON {stage: device}")
     warmup: bool = Field(True, description="run one small request through every stage before /ready")
     # --- network -------------------------------------------------------------------------------
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind")
     api_keys: StrList = Field(default_factory=list, description="accepted Bearer keys; empty: no auth")
     cors_origins: StrList = Field(default_factory=list, description="origins allowed by CORS; empty: none")
     public_base_url: str | None = Field(None, description="base of file URLs (behind a proxy); default: the request's")
@@ -47,26 +47,26 @@ class Settings(BaseSettings):
     max_media_items: int = Field(8, ge=0, description="media items in one request (all messages)")
     max_media_bytes: int = Field(20 * MiB, ge=1, description="largest single media item, decoded from base64")
     max_image_pixels: int = Field(4096 * 4096, ge=1, description="per image or video frame")
-    max_audio_seconds: float = Field(60.0, gt=0)
-    max_video_seconds: float = Field(60.0, gt=0)
-    max_video_frames: int = Field(1800, ge=1)
+    max_audio_seconds: float = Field(60.0, gt=0, description="longest audio input")
+    max_video_seconds: float = Field(60.0, gt=0, description="longest video input")
+    max_video_frames: int = Field(1800, ge=1, description="most frames in a video input")
     max_tokens_limit: int = Field(1024, ge=1, description="the largest max_tokens a request may ask")
     default_max_tokens: int = Field(246, ge=1, description="max_tokens when the request gives none")
     default_modalities: StrList = Field(["text", "image", "audio", "video"],
                                         description="outputs accepted when a request gives no `modalities`")
-    # --- decoder limits (per-request image/audio/video parameters) -----------------------------
-    max_decoder_steps: int = Field(100, ge=1)
-    max_guidance_scale: float = Field(30.0, ge=0)
+    # --- decoder limits (per-request image/audio/video parameters; read when the model loads) --
+    max_decoder_steps: int = Field(100, ge=1, description="most num_inference_steps a request may ask")
+    max_guidance_scale: float = Field(30.0, ge=0, description="largest guidance_scale")
     max_image_side: int = Field(1024, ge=8, description="height and width of images and video frames")
-    max_output_audio_seconds: float = Field(30.0, gt=0)
-    max_output_frames: int = Field(32, ge=1)
+    max_output_audio_seconds: float = Field(30.0, gt=0, description="longest audio_length_in_s")
+    max_output_frames: int = Field(32, ge=1, description="most num_frames of a generated video")
     # --- remote media URLs ---------------------------------------------------------------------
     allow_remote_urls: bool = Field(False, description="fetch http(s) media URLs (public addresses only)")
-    remote_timeout_s: float = Field(10.0, gt=0)
-    remote_max_bytes: int = Field(20 * MiB, ge=1)
+    remote_timeout_s: float = Field(10.0, gt=0, description="time allowed to fetch one remote URL")
+    remote_max_bytes: int = Field(20 * MiB, ge=1, description="largest remote file fetched")
     # --- WebSocket -----------------------------------------------------------------------------
     ws_max_turns: int = Field(16, ge=1, description="turns of history one socket keeps (oldest dropped)")
-    log_level: str = "info"
+    log_level: str = Field("info", description="uvicorn and server log level")
 
     @field_validator("api_keys", "cors_origins", "default_modalities", mode="before")
     @classmethod
@@ -78,6 +78,14 @@ class Settings(BaseSettings):
 
                 return json.loads(text)
             return [v.strip() for v in text.split(",") if v.strip()]
+        return value
+
+    @field_validator("default_modalities")
+    @classmethod
+    def _known_modalities(cls, value: list[str]) -> list[str]:
+        unknown = set(value) - {"text", "image", "audio", "video"}
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}: use text, image, audio, video")
         return value
 
     def media_limits(self) -> MediaLimits:
@@ -105,5 +113,12 @@ class Settings(BaseSettings):
 
 
 def get_settings(conn: HTTPConnection) -> Settings:
-    """The dependency every route uses; tests replace it with `app.dependency_overrides`."""
+    """The dependency every route uses; tests replace it with `app.dependency_overrides`
+    (an override takes no arguments)."""
     return conn.app.state.settings
+
+
+def app_settings(app) -> Settings:
+    """What `get_settings` gives the routes, for code outside them (the middlewares)."""
+    override = app.dependency_overrides.get(get_settings)
+    return override() if override is not None else app.state.settings

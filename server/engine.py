@@ -1,0 +1,79 @@
+"""The loaded model and its life: load in the background, warm up, then ready (or failed).
+
+`/health` answers while this loads; `/ready` and the API answer 503 until it is ready.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import NotReady
+from .settings import Settings
+
+log = logging.getLogger("nextgpt.server")
+
+
+def resolve_weights(spec: str) -> Path:
+    """A preset name or a model directory -> the model directory (building `tiny` if missing)."""
+    from weights.presets import resolve
+
+    return Path(resolve(spec))
+
+
+def load_model(settings: Settings) -> Any:
+    from models.nextgpt import NextGPT
+
+    path = resolve_weights(settings.weights)
+    log.info("loading %s on %s", path, settings.device_map())
+    return NextGPT.from_pretrained(path, devices=settings.device_map(), limits=settings.decoder_limits())
+
+
+def warm_up(model: Any) -> None:
+    """One short turn through every stage: first-call costs are paid before /ready says 200."""
+    from models.generate import SamplingParams
+    from models.types import Message
+
+    outputs = tuple(model.decoders)
+    model.chat([Message("user", "Hello")], modalities=("text", *outputs), required=outputs,
+               sampling=SamplingParams(max_new_tokens=4, seed=0),
+               decoder_params={m: {"num_inference_steps": 1} for m in outputs})
+
+
+class ModelHost:
+    def __init__(self, model: Any = None):
+        self.model = model
+        self.state = "loading"  # "loading" | "ready" | "failed"
+        self.error: str | None = None
+        self.model_id = "nextgpt"
+        self.created = int(time.time())
+        self.load_seconds = 0.0
+
+    async def start(self, settings: Settings) -> None:
+        start = time.perf_counter()
+        try:
+            if self.model is None:
+                self.model = await asyncio.to_thread(load_model, settings)
+            self.model_id = settings.model_name or getattr(self.model.config, "name", "nextgpt")
+            if settings.warmup:
+                await asyncio.to_thread(warm_up, self.model)
+        except Exception as e:
+            self.state, self.error = "failed", f"{type(e).__name__}: {e}"
+            log.exception("the model failed to load")
+            return
+        self.load_seconds = time.perf_counter() - start
+        self.state = "ready"
+        log.info("model %s ready in %.1f s", self.model_id, self.load_seconds)
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "ready"
+
+    def require_ready(self) -> Any:
+        if self.state == "failed":
+            raise NotReady(f"the model failed to load: {self.error}")
+        if self.state != "ready":
+            raise NotReady()
+        return self.model

@@ -1,0 +1,306 @@
+"""Between HTTP and the model: admission, stages, deadlines, cancellation.
+
+- Admission: at most `queue_size` requests are in the system (running or waiting); the next one
+  gets 429 with Retry-After, before any of its media is decoded.
+- Stages: `language` (encode media, prompt, generate text, project signal states) and one per
+  decoder (`image`, `audio`, `video`). Each stage is a single worker thread taking calls in FIFO
+  order, so the model never runs on the event loop, one call at a time per stage, and stages of
+  different requests overlap: request B's LLM runs while request A's image decoder draws. A
+  batching stage (several requests' decoder calls in one pipeline call) can replace `Stage`.
+- Events: each request is a `Job` whose worker-thread callbacks (text deltas, decoder steps)
+  reach the event loop through `loop.call_soon_threadsafe`; consumers iterate `job.events()`.
+  Text is streamed by the language stage itself, so it never waits for a decoder.
+- Deadline and cancellation: `job.should_stop()` is the model's `should_stop`; it turns true when
+  the client cancels or goes away, or when the deadline passes. The model then raises
+  `GenerationCancelled` at its next token or decoder step. The awaiting side also gives up at the
+  deadline on its own (504), even while a stage is busy with something that cannot be stopped.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable
+
+from models.generate import GenerationCancelled, SamplingParams
+from models.types import LanguageOutput, Message
+
+from .errors import APIError, Cancelled, DeadlineExceeded, QueueFull, as_api_error
+from .metrics import Metrics
+
+log = logging.getLogger("nextgpt.server")
+DECODER_STAGES = ("image", "audio", "video")
+
+
+# --------------------------------------------------------------------------- what runs
+
+@dataclass
+class Turn:
+    """One model call: the conversation and what to make of it."""
+
+    messages: list[Message]
+    modalities: set[str]  # accepted outputs, "text" included
+    required: set[str]  # outputs that must be produced
+    sampling: SamplingParams
+    params: dict[str, Any] = field(default_factory=dict)  # validated decoder params per output
+
+
+@dataclass
+class TextDelta:
+    text: str
+
+
+@dataclass
+class LanguageDone:
+    output: LanguageOutput
+
+
+@dataclass
+class Progress:
+    modality: str
+    step: int
+    total: int
+
+
+@dataclass
+class MediaReady:
+    modality: str
+    value: Any  # PIL image | waveform | GeneratedVideo
+
+
+@dataclass
+class MediaFailed:
+    modality: str
+    reason: str
+
+
+@dataclass
+class Finished:
+    pass
+
+
+@dataclass
+class Failed:
+    error: APIError | Cancelled
+
+
+Event = TextDelta | LanguageDone | Progress | MediaReady | MediaFailed | Finished | Failed
+
+
+# --------------------------------------------------------------------------- a request
+
+class Job:
+    def __init__(self, loop: asyncio.AbstractEventLoop, admitted: float, deadline_s: float):
+        self.loop = loop
+        self.admitted = admitted
+        self.deadline_s = deadline_s
+        self.deadline = admitted + deadline_s
+        self.reason: str | None = None  # why it was stopped: "client", "cancel", "deadline"
+        self.done = False
+        self._stop = threading.Event()
+        self._events: asyncio.Queue[Event] = asyncio.Queue()
+
+    def cancel(self, reason: str = "client") -> None:
+        if not self._stop.is_set() and not self.done:
+            self.reason = reason
+            self._stop.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._stop.is_set()
+
+    def should_stop(self) -> bool:
+        """The model's `should_stop`; safe from any thread."""
+        if self._stop.is_set():
+            return True
+        if time.monotonic() > self.deadline:
+            self.cancel("deadline")
+            return True
+        return False
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def emit(self, event: Event) -> None:
+        """From any thread: hand an event to the loop."""
+        try:
+            self.loop.call_soon_threadsafe(self._events.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+    def stopped_error(self) -> APIError | Cancelled:
+        if self.reason == "deadline":
+            return DeadlineExceeded(self.deadline_s)
+        return Cancelled(self.reason or "cancelled")
+
+    async def wait(self, future: Future) -> Any:
+        """Await a stage call, giving up at the deadline (the worker stops at its next check)."""
+        waiter = asyncio.wrap_future(future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout=max(self.remaining(), 0.0))
+        except asyncio.TimeoutError:
+            self.cancel("deadline")
+            raise self.stopped_error() from None
+        except GenerationCancelled:
+            raise self.stopped_error() from None
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event of this job, ending with `Finished` or `Failed`."""
+        while True:
+            event = await self._events.get()
+            yield event
+            if isinstance(event, (Finished, Failed)):
+                return
+
+
+class Stage:
+    """One model stage: a single worker thread, calls served in arrival order."""
+
+    def __init__(self, name: str, metrics: Metrics):
+        self.name = name
+        self.metrics = metrics
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nextgpt-{name}")
+
+    async def call(self, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
+        depth = self.metrics.stage_depth.labels(self.name)
+        depth.inc()
+
+        def run() -> Any:
+            try:
+                if job.should_stop():  # cancelled or expired while waiting for the stage
+                    raise GenerationCancelled()
+                start = time.perf_counter()
+                try:
+                    return fn(*args)
+                finally:
+                    self.metrics.stage_latency.labels(self.name).observe(time.perf_counter() - start)
+            finally:
+                depth.dec()
+
+        return await job.wait(self.executor.submit(run))
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Ticket:
+    """An admitted request's place in the queue; released exactly once."""
+
+    def __init__(self, scheduler: "Scheduler"):
+        self.scheduler = scheduler
+        self.admitted = time.monotonic()
+        self._released = False
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self.scheduler._release(time.monotonic() - self.admitted)
+
+
+# --------------------------------------------------------------------------- the scheduler
+
+class Scheduler:
+    def __init__(self, model: Any, metrics: Metrics):
+        self.model = model
+        self.metrics = metrics
+        self.stages = {name: Stage(name, metrics) for name in ("language", *DECODER_STAGES)}
+        self.active = 0
+        self.mean_duration = 1.0  # seconds, moving average: sizes Retry-After
+        self.jobs: set[Job] = set()
+
+    def admit(self, queue_size: int, min_retry_after: int = 1) -> Ticket:
+        """Called on the event loop; raises QueueFull (429) when `queue_size` are in flight."""
+        if self.active >= queue_size:
+            self.metrics.rejected.labels("queue_full").inc()
+            waits = self.mean_duration * max(1, self.active - queue_size + 1)
+            raise QueueFull(max(min_retry_after, math.ceil(waits)))
+        self.active += 1
+        self.metrics.queue_depth.set(self.active)
+        return Ticket(self)
+
+    def _release(self, duration: float) -> None:
+        self.active -= 1
+        self.metrics.queue_depth.set(self.active)
+        self.mean_duration = 0.8 * self.mean_duration + 0.2 * duration
+
+    def start(self, ticket: Ticket, turn: Turn, deadline_s: float) -> Job:
+        """Run `turn` in the stages; the ticket is released when the job ends."""
+        job = Job(asyncio.get_running_loop(), ticket.admitted, deadline_s)
+        self.jobs.add(job)
+        task = asyncio.create_task(self._drive(job, turn, ticket))
+        task.add_done_callback(lambda _: self.jobs.discard(job))
+        return job
+
+    async def _drive(self, job: Job, turn: Turn, ticket: Ticket) -> None:
+        try:
+            lang = await self.stages["language"].call(job, self._language, job, turn)
+            self._count_language(lang)
+            job.emit(LanguageDone(lang))
+            for modality, condition in lang.conditions.items():
+                await self._decode_one(job, turn, modality, condition)
+            job.emit(Finished())
+        except (Cancelled, DeadlineExceeded, asyncio.CancelledError) as exc:
+            error = exc if not isinstance(exc, asyncio.CancelledError) else Cancelled("shutdown")
+            self.metrics.cancelled.labels(job.reason or "shutdown").inc()
+            job.emit(Failed(error))
+        except Exception as exc:  # the model's input checks (400) or a bug (500, logged)
+            job.emit(Failed(as_api_error(exc)))
+        finally:
+            job.done = True
+            ticket.release()
+
+    async def _decode_one(self, job: Job, turn: Turn, modality: str, condition: Any) -> None:
+        try:
+            value = await self.stages[modality].call(job, self._decode, job, turn, modality, condition)
+        except (Cancelled, DeadlineExceeded):
+            raise
+        except Exception as exc:
+            if modality in turn.required:
+                raise
+            log.error("the %s decoder failed", modality, exc_info=(type(exc), exc, exc.__traceback__))
+            job.emit(MediaFailed(modality, f"the {modality} decoder failed ({type(exc).__name__})"))
+            return
+        self.metrics.media_out.labels(modality).inc()
+        job.emit(MediaReady(modality, value))
+
+    # ------------------------------------------------------------------ run in the stage threads
+
+    def _language(self, job: Job, turn: Turn) -> LanguageOutput:
+        first = [True]
+
+        def on_text(delta: str) -> None:
+            if first[0]:
+                first[0] = False
+                self.metrics.ttft.observe(time.monotonic() - job.admitted)
+            job.emit(TextDelta(delta))
+
+        return self.model.language(turn.messages, modalities=turn.modalities, required=turn.required,
+                                   sampling=turn.sampling, on_text=on_text, should_stop=job.should_stop)
+
+    def _decode(self, job: Job, turn: Turn, modality: str, condition: Any) -> Any:
+        def on_step(step: int, total: int) -> None:
+            job.emit(Progress(modality, step, total))
+
+        return self.model.decode(modality, condition, turn.params[modality], turn.sampling.seed,
+                                 on_step, job.should_stop)
+
+    def _count_language(self, lang: LanguageOutput) -> None:
+        m = self.metrics
+        m.prompt_tokens.inc(lang.usage.prompt_tokens)
+        m.generated_tokens.inc(lang.usage.completion_tokens)
+        for stage, key in (("encode", "encode"), ("generate", "llm"), ("projection", "projection")):
+            if key in lang.timings:
+                m.stage_latency.labels(stage).observe(lang.timings[key])
+        seconds = lang.timings.get("llm", 0.0)
+        if lang.usage.completion_tokens and seconds > 0:
+            m.tokens_per_second.observe(lang.usage.completion_tokens / seconds)
+
+    def shutdown(self) -> None:
+        for job in list(self.jobs):
+            job.cancel("shutdown")
+        for stage in self.stages.values():
+            stage.shutdown()
