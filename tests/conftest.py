@@ -4,6 +4,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing in the suite may reach a hub
 
+from tests.live_server import http, live, model_id  # noqa: E402,F401  (one server for every suite)
+
 
 def pytest_collection_modifyitems(config, items):
     import torch

@@ -1,8 +1,8 @@
 """Browser tests of the chat demo: Debian's Chromium, headless, driven by Playwright's sync API
 against the real server (tiny preset, CPU) on loopback.
 
-- The server is tests/server's `live` fixture (imported below, so both suites start it the same
-  way; `live.settings(...)` swaps limits and keys for a `with` block).
+- The server is the session's `live` fixture (tests/live_server.py, shared with tests/server;
+  `live.settings(...)` swaps limits and keys for a `with` block).
 - Chromium is Debian's (`apt-get install chromium`, see scripts/install-system-test-deps.sh),
   never Playwright's own download; without it every test here is skipped with the reason.
   Playwright's `launch()` gives the browser a fresh temporary profile (--user-data-dir) of its own.
@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import live  # noqa: F401  (the one way the suite starts the server)
 
 ROOT = Path(__file__).resolve().parents[2]
 SHOTS = ROOT / "test-artifacts" / "screenshots"

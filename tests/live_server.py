@@ -102,5 +102,3 @@ def model_id(live) -> str:
 def http(live):
     with httpx.Client(base_url=live.base_url, timeout=60) as client:
         yield client
-
-

@@ -1,0 +1,1 @@
+"""`nano`: NExT-GPT's architecture at small sizes, trained here on a synthetic world."""

@@ -1,0 +1,133 @@
+"""Shared training machinery: the stage context, seeding, EMA, learning-rate schedule, loops."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .config import Budget
+
+DONE = "DONE.json"
+
+
+@dataclass
+class Context:
+    """Where a training run writes, with which seed and budget."""
+
+    work: Path  # scratch directory: one sub-directory per stage, each with a DONE marker
+    seed: int = 0
+    budget: Budget = field(default_factory=Budget)
+    threads: int = 2
+    log: Callable[[str], None] = print
+
+    def dir(self, stage: str) -> Path:
+        path = self.work / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def done(self, stage: str) -> bool:
+        return (self.work / stage / DONE).is_file()
+
+    def mark_done(self, stage: str, info: dict) -> None:
+        (self.dir(stage) / DONE).write_text(json.dumps(info, indent=2))
+
+    def info(self, stage: str) -> dict:
+        path = self.work / stage / DONE
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def steps(self, stage: str) -> int:
+        return self.budget.steps[stage]
+
+    def batch(self, stage: str) -> int:
+        return self.budget.batch[stage]
+
+    def rng(self, stage: str, salt: int = 0) -> random.Random:
+        """A stage's own data stream: independent of the other stages and of the run order."""
+        return random.Random(f"{self.seed}:{stage}:{salt}")
+
+    def seed_torch(self, stage: str) -> None:
+        s = int.from_bytes(f"{self.seed}:{stage}".encode(), "little") % (2**31)
+        torch.manual_seed(s)
+        np.random.seed(s % (2**32))
+        random.seed(s)
+
+
+def set_threads(n: int) -> None:
+    torch.set_num_threads(n)
+    os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+class EMA:
+    """Exponential moving average of a module's parameters (kept on the side, swapped in at save)."""
+
+    def __init__(self, module: torch.nn.Module, decay: float = 0.999):
+        self.module = module
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.dtype.is_floating_point}
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))  # warm-up
+        for k, v in self.module.state_dict().items():
+            if k in self.shadow:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+
+    def copy_to(self, module: torch.nn.Module | None = None) -> torch.nn.Module:
+        target = module or copy.deepcopy(self.module)
+        target.load_state_dict({**target.state_dict(), **self.shadow})
+        return target
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int = 50, floor: float = 0.1) -> float:
+    """Linear warm-up, cosine decay to `floor * peak`."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[int], dict],
+               lr: float, ema: list[EMA] | None = None, clip: float = 1.0, weight_decay: float = 0.0,
+               param_groups: list[dict] | None = None) -> dict:
+    """Run `ctx.steps(stage)` optimiser steps; `step_fn(i)` returns {'loss': tensor, ...}."""
+    params = [p for p in params if p.requires_grad] if param_groups is None else None
+    groups = param_groups or [{"params": params}]
+    for g in groups:
+        g.setdefault("lr_scale", 1.0)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    total = ctx.steps(stage)
+    t0 = time.time()
+    smooth = None
+    bar = tqdm(range(total), desc=stage, dynamic_ncols=True, mininterval=5.0)
+    for i in bar:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(i, total, lr, warmup=min(100, total // 10 + 1)) * g["lr_scale"]
+        out = step_fn(i)
+        loss = out["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip:
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], clip)
+        opt.step()
+        for e in ema or []:
+            e.update()
+        value = float(loss.detach())
+        smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
+        if i % 20 == 0 or i == total - 1:
+            extra = {k: f"{float(v):.4f}" for k, v in out.items() if k != "loss"}
+            bar.set_postfix(loss=f"{smooth:.4f}", **extra)
+        if i % 200 == 0 or i == total - 1:
+            ctx.log(f"[{stage}] step {i + 1}/{total} loss {smooth:.4f} {time.time() - t0:.0f}s")
+    return {"steps": total, "final_loss": smooth, "seconds": round(time.time() - t0, 1)}

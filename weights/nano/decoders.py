@@ -1,0 +1,307 @@
+"""Decoder stages: Stable Diffusion, AudioLDM and Zeroscope at nano size, trained on the world.
+
+The text encoders are trained with their UNets (the conditioning they produce is what the
+output projections later learn to imitate); captions are dropped 10% of the time so that
+classifier-free guidance works. Every pipeline is a stock diffusers class saved with
+`save_pretrained`, so `Decoder.from_pretrained` loads it as it loads the released decoders.
+"""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import (AudioLDMPipeline, AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
+                       StableDiffusionPipeline, TextToVideoSDPipeline, UNet2DConditionModel,
+                       UNet3DConditionModel)
+from transformers import (AutoTokenizer, ClapTextModelWithProjection, CLIPTextModel, SpeechT5HifiGan,
+                          SpeechT5HifiGanConfig)
+
+from .. import tiny_decoders
+from ..tokenizers_local import clip_tokenizer, llama_tokenizer, roberta_tokenizer
+from . import audio, config, dialogue, world
+from .common import EMA, Context, train_loop
+
+BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # Stable Diffusion's
+CAPTION_DROP = 0.1
+
+
+def noise_schedule() -> DDPMScheduler:
+    return DDPMScheduler(num_train_timesteps=1000, **BETAS)
+
+
+def sampler() -> DPMSolverMultistepScheduler:
+    return DPMSolverMultistepScheduler(num_train_timesteps=1000, **BETAS)
+
+
+# ----------------------------------------------------------------------------------- tokenizers
+
+def stage_tokenizers(ctx: Context) -> dict:
+    out = ctx.dir("tokenizers")
+    corpus = dialogue.corpus(seed=ctx.seed)
+    llama_tokenizer(corpus, out / "llama", vocab_size=config.LLAMA_VOCAB)
+    clip_tokenizer(out / "clip", num_merges=config.CLIP_MERGES)
+    roberta_tokenizer(corpus, out / "clap", vocab_size=config.CLAP_VOCAB)
+    return {}
+
+
+def load_tokenizer(ctx: Context, name: str):
+    return AutoTokenizer.from_pretrained(str(ctx.work / "tokenizers" / name))
+
+
+# ----------------------------------------------------------------------------------- data
+
+def image_batch(rng: random.Random, n: int, pairs=None) -> tuple[torch.Tensor, list[str]]:
+    """(n, 3, 32, 32) in [-1, 1] and their captions."""
+    samples = [world.random_shape(rng, pairs or world.shape_pairs()) for _ in range(n)]
+    x = np.stack([np.asarray(s.image(), dtype=np.float32) for s in samples]) / 127.5 - 1
+    return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), [s.caption for s in samples]
+
+
+def video_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, list[str]]:
+    """(n, 8, 3, 32, 32) in [-1, 1] and their captions."""
+    samples = [world.random_video(rng, world.shape_pairs()) for _ in range(n)]
+    x = np.stack([s.frames().astype(np.float32) for s in samples]) / 127.5 - 1
+    return torch.from_numpy(x).permute(0, 1, 4, 2, 3).contiguous(), [s.caption for s in samples]
+
+
+def tone_batch(rng: random.Random, n: int, drop_timbre: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+    samples = [world.random_tone(rng, world.tone_pairs(), drop_timbre=drop_timbre) for _ in range(n)]
+    return torch.from_numpy(np.stack([s.wave() for s in samples])), [s.caption for s in samples]
+
+
+def drop_captions(rng: random.Random, captions: list[str]) -> list[str]:
+    return ["" if rng.random() < CAPTION_DROP else c for c in captions]
+
+
+def clip_encode(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    """What StableDiffusionPipeline.encode_prompt computes: (B, 77, D)."""
+    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids
+    return text_encoder(ids)[0]
+
+
+def clap_encode(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
+    """What AudioLDMPipeline._encode_prompt computes: (B, D), L2-normalised."""
+    t = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                  return_tensors="pt")
+    emb = text_encoder(t.input_ids, attention_mask=t.attention_mask).text_embeds
+    return F.normalize(emb, dim=-1)
+
+
+# ----------------------------------------------------------------------------------- VAEs
+
+def _train_vae(ctx: Context, stage: str, vae: AutoencoderKL, batch_fn) -> dict:
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    vae.train()
+
+    def step(i):
+        x = batch_fn(rng)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        mse = F.mse_loss(rec, x)
+        kl = post.kl().mean() / x[0].numel()
+        return {"loss": mse + 0.5 * F.l1_loss(rec, x) + 1e-3 * kl, "mse": mse}
+
+    info = train_loop(stage, ctx, vae.parameters(), step, lr=1e-3)
+    vae.eval()
+    with torch.no_grad():  # scale latents to unit variance, as Stable Diffusion's 0.18215 does
+        z = torch.cat([vae.encode(batch_fn(rng)).latent_dist.mean for _ in range(8)])
+        x = batch_fn(rng)
+        mse = F.mse_loss(vae.decode(vae.encode(x).latent_dist.mean).sample, x).item()
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    vae.save_pretrained(str(ctx.dir(stage)))
+    return {**info, "scaling_factor": float(1.0 / z.std()), "eval_mse": mse}
+
+
+def stage_image_vae(ctx: Context) -> dict:
+    n = ctx.batch("image_vae")
+    torch.manual_seed(ctx.seed)
+    return _train_vae(ctx, "image_vae", tiny_decoders.vae(3, config.VAE_BLOCKS),
+                      lambda rng: image_batch(rng, n)[0])
+
+
+def stage_audio_vae(ctx: Context) -> dict:
+    n = ctx.batch("audio_vae")
+    torch.manual_seed(ctx.seed)
+    return _train_vae(ctx, "audio_vae", tiny_decoders.vae(1, config.AUDIO_VAE_BLOCKS),
+                      lambda rng: audio.log_mel(tone_batch(rng, n)[0]).unsqueeze(1))
+
+
+# ----------------------------------------------------------------------------------- image
+
+def image_unet() -> UNet2DConditionModel:
+    ch = config.UNET_CHANNELS
+    return UNet2DConditionModel(
+        block_out_channels=ch, layers_per_block=1, sample_size=world.IMAGE_SIZE // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(ch) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(ch) - 1) + ("UpBlock2D",),
+        cross_attention_dim=config.CONDITION_DIM, attention_head_dim=8, norm_num_groups=16,
+        use_linear_projection=True)  # as UNet3D's attention: the video UNet starts from these weights
+
+
+def _diffusion_step(unet, latents: torch.Tensor, sched: DDPMScheduler, **cond) -> torch.Tensor:
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],))
+    noisy = sched.add_noise(latents, noise, t)
+    return F.mse_loss(unet(noisy, t, **cond).sample, noise)
+
+
+def stage_image_unet(ctx: Context) -> dict:
+    stage = "image_unet"
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    tokenizer = load_tokenizer(ctx, "clip")
+    vae = AutoencoderKL.from_pretrained(str(ctx.work / "image_vae")).eval().requires_grad_(False)
+    text = tiny_decoders.clip_text(len(tokenizer), config.CONDITION_DIM, **config.CLIP_TEXT).train()
+    unet = image_unet().train()
+    sched = noise_schedule()
+    emas = [EMA(unet), EMA(text)]
+    n = ctx.batch(stage)
+    sf = vae.config.scaling_factor
+
+    def step(i):
+        x, captions = image_batch(rng, n)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample() * sf
+        cond = clip_encode(tokenizer, text, drop_captions(rng, captions))
+        return {"loss": _diffusion_step(unet, z, sched, encoder_hidden_states=cond)}
+
+    info = train_loop(stage, ctx, list(unet.parameters()) + list(text.parameters()), step, lr=5e-4, ema=emas)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer, unet=emas[0].copy_to().eval(),
+        scheduler=sampler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.save_pretrained(str(ctx.dir("image_decoder")))
+    return info
+
+
+# ----------------------------------------------------------------------------------- audio
+
+def vocoder_model() -> SpeechT5HifiGan:
+    return SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=config.N_MELS, sampling_rate=world.SAMPLE_RATE, normalize_before=False, **config.VOCODER))
+
+
+def stage_vocoder(ctx: Context) -> dict:
+    stage = "vocoder"
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    voc = vocoder_model().train()
+    n, frames = ctx.batch(stage), 32
+
+    def step(i):
+        waves, _ = tone_batch(rng, n)
+        mels = audio.log_mel(waves)  # (n, 64, mels)
+        starts = [rng.randrange(0, mels.shape[1] - frames + 1) for _ in range(n)]
+        m = torch.stack([mels[k, s:s + frames] for k, s in enumerate(starts)])
+        w = torch.stack([waves[k, s * config.HOP:(s + frames) * config.HOP] for k, s in enumerate(starts)])
+        m = m + 0.05 * torch.randn_like(m)  # decoded mels are never exact
+        return {"loss": audio.vocoder_loss(voc(m), w)}
+
+    info = train_loop(stage, ctx, voc.parameters(), step, lr=1e-3)
+    voc.eval().save_pretrained(str(ctx.dir(stage)))
+    with torch.no_grad():  # how well it plays whole tones: pitch class of the spectral peak
+        waves, _ = tone_batch(rng, 16)
+        out = voc(audio.log_mel(waves)).numpy()
+        ok = sum(world.pitch_of(audio.spectral_peak(o)) == world.pitch_of(audio.spectral_peak(w.numpy()))
+                 for o, w in zip(out, waves))
+    return {**info, "pitch_match": ok / 16, "rms": float(np.mean([audio.rms(o) for o in out]))}
+
+
+def audio_unet() -> UNet2DConditionModel:
+    ch = config.AUDIO_UNET_CHANNELS
+    return UNet2DConditionModel(
+        block_out_channels=ch, layers_per_block=1, sample_size=(32, config.N_MELS // 2), in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D",) + ("AttnDownBlock2D",) * (len(ch) - 1),
+        up_block_types=("AttnUpBlock2D",) * (len(ch) - 1) + ("UpBlock2D",),
+        mid_block_type="UNetMidBlock2D", attention_head_dim=8, norm_num_groups=16,
+        class_embed_type="simple_projection", projection_class_embeddings_input_dim=config.CONDITION_DIM,
+        class_embeddings_concat=True)
+
+
+def stage_audio_unet(ctx: Context) -> dict:
+    stage = "audio_unet"
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    tokenizer = load_tokenizer(ctx, "clap")
+    vae = AutoencoderKL.from_pretrained(str(ctx.work / "audio_vae")).eval().requires_grad_(False)
+    text = tiny_decoders.clap_text(len(tokenizer), config.CONDITION_DIM, **config.CLAP_TEXT).train()
+    unet = audio_unet().train()
+    sched = noise_schedule()
+    emas = [EMA(unet), EMA(text)]
+    n = ctx.batch(stage)
+    sf = vae.config.scaling_factor
+
+    def step(i):
+        waves, captions = tone_batch(rng, n, drop_timbre=0.3)
+        with torch.no_grad():
+            z = vae.encode(audio.log_mel(waves).unsqueeze(1)).latent_dist.sample() * sf
+        cond = clap_encode(tokenizer, text, drop_captions(rng, captions))
+        return {"loss": _diffusion_step(unet, z, sched, encoder_hidden_states=None, class_labels=cond)}
+
+    info = train_loop(stage, ctx, list(unet.parameters()) + list(text.parameters()), step, lr=5e-4, ema=emas)
+    vocoder = SpeechT5HifiGan.from_pretrained(str(ctx.work / "vocoder")).eval()
+    pipe = AudioLDMPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
+                            unet=emas[0].copy_to().eval(), scheduler=sampler(), vocoder=vocoder)
+    pipe.save_pretrained(str(ctx.dir("audio_decoder")))
+    return info
+
+
+# ----------------------------------------------------------------------------------- video
+
+def video_unet_from(image: UNet2DConditionModel) -> UNet3DConditionModel:
+    """A UNet3D with the image UNet's spatial weights; its temporal layers start as identities."""
+    ch = config.UNET_CHANNELS
+    unet = UNet3DConditionModel(
+        block_out_channels=ch, layers_per_block=1, sample_size=world.IMAGE_SIZE // 2, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock3D",) + ("CrossAttnDownBlock3D",) * (len(ch) - 1),
+        up_block_types=("CrossAttnUpBlock3D",) * (len(ch) - 1) + ("UpBlock3D",),
+        cross_attention_dim=config.CONDITION_DIM, attention_head_dim=8, norm_num_groups=16)
+    spatial = image.state_dict()
+    own = unet.state_dict()
+    copied = {k: v for k, v in spatial.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in spatial if k not in copied]
+    if missing:
+        raise RuntimeError(f"image UNet weights with no place in the video UNet: {missing[:5]}")
+    unet.load_state_dict(copied, strict=False)
+    with torch.no_grad():  # temporal attention outputs start at zero (temporal convs already do)
+        for name, module in unet.named_modules():
+            if ("temp_attentions" in name or name == "transformer_in") and name.endswith("proj_out"):
+                module.weight.zero_()
+                module.bias.zero_()
+    return unet
+
+
+def stage_video_unet(ctx: Context) -> dict:
+    stage = "video_unet"
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    image = StableDiffusionPipeline.from_pretrained(str(ctx.work / "image_decoder"), safety_checker=None,
+                                                    requires_safety_checker=False)
+    vae = image.vae.eval().requires_grad_(False)
+    tokenizer, text = image.tokenizer, image.text_encoder.train()
+    unet = video_unet_from(image.unet).train()
+    sched = noise_schedule()
+    emas = [EMA(unet, 0.995), EMA(text, 0.995)]
+    n, sf = ctx.batch(stage), vae.config.scaling_factor
+    temporal = [p for k, p in unet.named_parameters() if "temp_" in k or "transformer_in" in k]
+    ids = {id(p) for p in temporal}
+    spatial = [p for p in unet.parameters() if id(p) not in ids] + list(text.parameters())
+
+    def step(i):
+        x, captions = video_batch(rng, n)  # (n, F, 3, H, W)
+        b, f = x.shape[:2]
+        with torch.no_grad():
+            z = vae.encode(x.flatten(0, 1)).latent_dist.sample() * sf  # (n*F, 4, h, w)
+            z = z.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)  # (n, 4, F, h, w): the pipeline's layout
+        cond = clip_encode(tokenizer, text, drop_captions(rng, captions))
+        return {"loss": _diffusion_step(unet, z, sched, encoder_hidden_states=cond)}
+
+    groups = [{"params": temporal, "lr_scale": 1.0}, {"params": spatial, "lr_scale": 0.3}]
+    info = train_loop(stage, ctx, None, step, lr=1e-3, ema=emas, param_groups=groups)
+    pipe = TextToVideoSDPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
+                                 unet=emas[0].copy_to().eval(), scheduler=sampler())
+    pipe.save_pretrained(str(ctx.dir("video_decoder")))
+    return info

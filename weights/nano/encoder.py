@@ -1,0 +1,202 @@
+"""ImageBind stage: the vision and audio towers aligned contrastively to a text tower, as
+ImageBind aligned its modalities through a shared embedding space.
+
+Inputs go through the very preprocessing the server uses (`models.preprocess`: 224-px crops,
+kaldi fbank clips), so the towers see at training what they see when serving. Captions may name
+only some attributes ("a red shape", "something moving left"); an item is a positive for every
+caption whose attributes it has, so partial captions never count as negatives for their items.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from models import preprocess
+from models.encoder import CONFIG_FILE, KEPT_TOWERS, WEIGHTS_FILE, imagebind_model_module
+
+from . import config, world
+from .common import Context, train_loop
+
+STAGE = "imagebind"
+
+
+# ----------------------------------------------------------------------------------- captions as attribute sets
+
+def image_captions(s: world.ShapeSample, rng: random.Random) -> tuple[str, frozenset]:
+    r = rng.random()
+    if r < 0.7:
+        return s.caption, frozenset({s.colour, s.shape})
+    if r < 0.85:
+        return world.article(f"a {s.colour} shape"), frozenset({s.colour})
+    return f"a {s.shape}", frozenset({s.shape})
+
+
+def video_captions(v: world.VideoSample, rng: random.Random) -> tuple[str, frozenset]:
+    r = rng.random()
+    if r < 0.6:
+        return v.caption, frozenset({v.colour, v.shape, v.direction})
+    if r < 0.8:
+        return f"something moving {v.direction}", frozenset({v.direction})
+    if r < 0.9:
+        return world.article(f"a {v.colour} shape moving {v.direction}"), frozenset({v.colour, v.direction})
+    return world.article(f"a {v.colour} {v.shape} moving"), frozenset({v.colour, v.shape, "moving"})
+
+
+def tone_captions(t: world.ToneSample, rng: random.Random) -> tuple[str, frozenset]:
+    r = rng.random()
+    if r < 0.7:
+        return f"a {t.pitch} {t.timbre} tone", frozenset({t.pitch, t.timbre})
+    if r < 0.85:
+        return f"a {t.pitch} tone", frozenset({t.pitch})
+    return f"a {t.timbre} tone", frozenset({t.timbre})
+
+
+def attributes(item) -> frozenset:
+    if isinstance(item, world.VideoSample):
+        return frozenset({item.colour, item.shape, item.direction, "moving"})
+    if isinstance(item, world.ShapeSample):
+        return frozenset({item.colour, item.shape})
+    return frozenset({item.pitch, item.timbre})
+
+
+# ----------------------------------------------------------------------------------- inputs, as the server prepares them
+
+def video_clip_tensor(frames: np.ndarray) -> torch.Tensor:
+    """What `preprocess.video_to_tensor` gives for a square clip of at most 2 s, one clip of
+    its 15 identical ones: the first and last frames, scaled to 224 (3, 2, 224, 224)."""
+    pair = np.stack([frames[0], frames[-1]])
+    x = torch.from_numpy(pair).to(torch.float32).permute(3, 0, 1, 2) / 255.0
+    x = preprocess._short_side_scale(x, preprocess.IMAGE_SIZE)
+    mean = torch.as_tensor(preprocess.CLIP_MEAN)[:, None, None, None]
+    std = torch.as_tensor(preprocess.CLIP_STD)[:, None, None, None]
+    return preprocess._three_crops((x - mean) / std, preprocess.IMAGE_SIZE)[1]
+
+
+def random_video_view(rng: random.Random, pairs) -> tuple[world.VideoSample, np.ndarray]:
+    v = world.random_video(rng, pairs)
+    return v, v.frames(size=rng.choice((32, 32, 64)))
+
+
+def tone_seconds(rng: random.Random) -> float:
+    return world.AUDIO_SECONDS if rng.random() < 0.5 else rng.uniform(0.8, 3.0)
+
+
+# ----------------------------------------------------------------------------------- model
+
+def build() -> torch.nn.Module:
+    return imagebind_model_module().ImageBindModel(**config.IMAGEBIND)
+
+
+def text_tokenizer():
+    from imagebind.models.multimodal_preprocessors import SimpleTokenizer
+
+    spec = importlib.util.find_spec("imagebind")
+    return SimpleTokenizer(str(Path(spec.submodule_search_locations[0]) / "bpe" / "bpe_simple_vocab_16e6.txt.gz"))
+
+
+def _contrast(media: torch.Tensor, text: torch.Tensor, own: list[int], pos: torch.Tensor, scale) -> torch.Tensor:
+    """media (n, D), text (U, D) normalised; own[i]: item i's caption; pos (n, U) bool: item has
+    every attribute of the caption. Media->text: CE on its own caption, other positives masked;
+    text->media: every positive item counts."""
+    logits = scale * media @ text.T  # (n, U)
+    own_t = torch.tensor(own)
+    mask = pos.clone()
+    mask[torch.arange(len(own)), own_t] = False
+    m2t = F.cross_entropy(logits.masked_fill(mask, -1e4), own_t)
+    cols = pos.any(0)
+    lt = logits.T[cols]  # (U', n)
+    pt = pos.T[cols]
+    t2m = -(torch.logsumexp(lt.masked_fill(~pt, -1e4), 1) - torch.logsumexp(lt, 1)).mean()
+    return (m2t + t2m) / 2
+
+
+def stage_imagebind(ctx: Context) -> dict:
+    ctx.seed_torch(STAGE)
+    rng = ctx.rng(STAGE)
+    model = build().train()
+    tok = text_tokenizer()
+    trained = [p for n, p in model.named_parameters() if n.split(".")[1] in ("vision", "audio", "text")]
+    for n, p in model.named_parameters():
+        p.requires_grad_(n.split(".")[1] in ("vision", "audio", "text"))
+    log_scale = torch.nn.Parameter(torch.tensor(np.log(1 / 0.07), dtype=torch.float32))
+    n = ctx.batch(STAGE)
+    pairs, tones = world.shape_pairs(), world.tone_pairs()
+
+    def step(i):
+        shapes = [world.random_shape(rng, pairs) for _ in range(n)]
+        videos = [random_video_view(rng, pairs) for _ in range(n // 2)]
+        sounds = [world.random_tone(rng, tones, seconds=tone_seconds(rng)) for _ in range(n)]
+        items = shapes + [v for v, _ in videos] + sounds
+        caps = ([image_captions(s, rng) for s in shapes] + [video_captions(v, rng) for v, _ in videos]
+                + [tone_captions(t, rng) for t in sounds])
+        unique = sorted({c for c in caps}, key=lambda c: c[0])
+        index = {c: k for k, c in enumerate(unique)}
+        own = [index[c] for c in caps]
+        pos = torch.tensor([[c[1] <= attributes(it) for c in unique] for it in items])
+        imgs = torch.stack([preprocess.image_to_tensor(world.encoder_view(s, rng)) for s in shapes])
+        imgs = imgs.unsqueeze(2).repeat(1, 1, 2, 1, 1)  # what the vision stem's PadIm2Video does to an image
+        vids = torch.stack([video_clip_tensor(f) for _, f in videos])
+        auds = torch.stack([preprocess.audio_to_tensor(t.wave()) for t in sounds])
+        text = tok([c[0] for c in unique])
+        vision = torch.cat([imgs, vids]).unsqueeze(1)  # (B, 1 clip, 3, 2, 224, 224): as a video of one clip
+        out = model({"vision": vision, "audio": auds, "text": text})
+        media = F.normalize(torch.cat([out["vision"], out["audio"]]), dim=-1)
+        txt = F.normalize(out["text"], dim=-1)
+        scale = log_scale.exp().clamp(max=100)
+        split = len(shapes) + len(videos)
+        loss = (_contrast(media[:split], txt, own[:split], pos[:split], scale)
+                + _contrast(media[split:], txt, own[split:], pos[split:], scale))
+        return {"loss": loss, "scale": scale.detach()}
+
+    info = train_loop(STAGE, ctx, trained + [log_scale], step, lr=1e-3, weight_decay=0.05)
+    model.eval()
+    out = ctx.dir(STAGE)
+    state = model.state_dict()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "full.safetensors"))
+    kept = {k: v.contiguous() for k, v in state.items() if k.split(".")[1] in KEPT_TOWERS}
+    save_file(kept, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(config.IMAGEBIND, indent=2))
+    return {**info, **zero_shot(model, tok, ctx.rng(STAGE, 1))}
+
+
+@torch.no_grad()
+def zero_shot(model, tok, rng: random.Random, n: int = 48) -> dict:
+    """Held-out items against every full caption of the world: attribute accuracy of the best match."""
+    res = {}
+    img_caps = [world.article(f"a {c} {s}") for c, s in world.shape_pairs(None)]
+    text = F.normalize(model({"text": tok(img_caps)})["text"], dim=-1)
+    held = sorted(world.HELD_OUT_SHAPES)
+    shapes = [world.random_shape(rng, held) for _ in range(n)]
+    emb = F.normalize(model({"vision": torch.stack([preprocess.image_to_tensor(s.image(64)) for s in shapes])})["vision"], dim=-1)
+    best = (emb @ text.T).argmax(1)
+    pairs = world.shape_pairs(None)
+    res["zs_image_colour"] = float(np.mean([pairs[b][0] == s.colour for b, s in zip(best.tolist(), shapes)]))
+    res["zs_image_shape"] = float(np.mean([pairs[b][1] == s.shape for b, s in zip(best.tolist(), shapes)]))
+    vid_caps = [(c, s, d) for c, s in pairs for d in world.DIRECTIONS]
+    text = F.normalize(model({"text": tok([world.article(f"a {c} {s} moving {d}") for c, s, d in vid_caps])})["text"], dim=-1)
+    videos = [world.random_video(rng, held) for _ in range(n)]
+    emb = F.normalize(model({"vision": torch.stack([video_clip_tensor(v.frames()) for v in videos]).unsqueeze(1)})["vision"], dim=-1)
+    best = (emb @ text.T).argmax(1).tolist()
+    res["zs_video_direction"] = float(np.mean([vid_caps[b][2] == v.direction for b, v in zip(best, videos)]))
+    res["zs_video_colour"] = float(np.mean([vid_caps[b][0] == v.colour for b, v in zip(best, videos)]))
+    tone_caps = world.tone_pairs(None)
+    text = F.normalize(model({"text": tok([f"a {p} {t} tone" for p, t in tone_caps])})["text"], dim=-1)
+    tones = [world.random_tone(rng, sorted(world.HELD_OUT_TONES)) for _ in range(n)]
+    emb = F.normalize(model({"audio": torch.stack([preprocess.audio_to_tensor(t.wave()) for t in tones])})["audio"], dim=-1)
+    best = (emb @ text.T).argmax(1).tolist()
+    res["zs_audio_pitch"] = float(np.mean([tone_caps[b][0] == t.pitch for b, t in zip(best, tones)]))
+    res["zs_audio_timbre"] = float(np.mean([tone_caps[b][1] == t.timbre for b, t in zip(best, tones)]))
+    return res
+
+
+def load_full(work: Path) -> torch.nn.Module:
+    model = build()
+    model.load_state_dict(load_file(str(work / STAGE / "full.safetensors")))
+    return model.eval()

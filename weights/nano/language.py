@@ -1,0 +1,384 @@
+"""The language side: a Vicuna stand-in pretrained on the world's text, then NExT-GPT's three
+stages on top of it, exactly on the release's modules (LoRA Llama, `llama_proj`, the three
+`nn.Transformer` output projections) and prompt code (`models.prompt`):
+
+1. `align_input`: encoder-side alignment. Captioning of images, sounds and videos; only the
+   input projection learns (the LLM is frozen).
+2. `align_output`: decoder-side alignment. "Show me / play / animate" turns whose answer ends
+   with signal tokens; the output projections learn to map the hidden states at those tokens to
+   each decoder's text-encoder conditioning of the caption (MSE), and the embedding and LM-head
+   rows learn to emit the signal tokens (the LLM body stays frozen).
+3. `instruct`: LoRA instruction tuning on whole conversations (questions about media,
+   generation, follow-ups), the projections still trained on the same MSE.
+
+Each stage ends in `state.safetensors` under the release's key names (`release_targets`), which
+the next stage loads with the release loader and `assemble` writes out as fp16.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import random
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from models.checkpoint import load_release_checkpoint, release_targets
+from models.encoder import ImageBindEncoder
+from models.llm import LanguageModel, LoraSettings
+from models.media import VideoClip
+from models.nextgpt import build_projections
+from models.prompt import Turn as PromptTurn
+from models.prompt import build_segments, splice_embeddings
+from models.signals import MODALITIES
+
+from . import config, dialogue, world
+from .common import Context, train_loop
+from .config import Budget
+from .dialogue import Conversation, Dialogues
+
+STATE = "state.safetensors"
+
+
+# ----------------------------------------------------------------------------------- the Vicuna stand-in
+
+def stage_llm(ctx: Context) -> dict:
+    """Pretrain the base LLM on text-only conversations of the world (media written as captions)."""
+    stage = "llm"
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    tok = AutoTokenizer.from_pretrained(str(ctx.work / "tokenizers" / "llama"))
+    vocab = tok.convert_tokens_to_ids("<Img>")  # the base vocabulary ends where NExT-GPT's tokens begin
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, bos_token_id=1, eos_token_id=2, **config.LLAMA)).train()
+    dialogues = Dialogues()
+    n = ctx.batch(stage)
+
+    def step(i):
+        texts = [dialogue.conversation_text(dialogues.conversation(rng), with_signals=False) for _ in range(n)]
+        ids = [[tok.bos_token_id] + tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+        width = max(map(len, ids))
+        x = torch.full((n, width), 0, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for k, row in enumerate(ids):
+            x[k, :len(row)] = torch.tensor(row)
+            mask[k, :len(row)] = 1
+        labels = x.masked_fill(mask == 0, -100)
+        return {"loss": model(input_ids=x, attention_mask=mask, labels=labels).loss}
+
+    info = train_loop(stage, ctx, model.parameters(), step, lr=2e-3, weight_decay=0.01)
+    model.eval().save_pretrained(str(ctx.dir(stage)))
+    return info
+
+
+# ----------------------------------------------------------------------------------- the media bank
+
+@dataclass
+class Bank:
+    """ImageBind embeddings of world media, made by the server's own encoder from the trained towers."""
+
+    items: dict[str, list] = field(default_factory=dict)  # modality -> samples
+    embeds: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> (N, D)
+    index: dict[str, dict] = field(default_factory=dict)  # modality -> sample -> row
+
+    def embedding(self, modality: str, sample) -> torch.Tensor:
+        return self.embeds[modality][self.index[modality][sample]]
+
+
+BANK_SIZES = {"image": 1200, "video": 600, "audio": 800}
+
+
+@torch.no_grad()
+def build_bank(ctx: Context) -> Bank:
+    path = ctx.dir("bank")
+    rng = ctx.rng("bank")
+    enc = ImageBindEncoder.from_pretrained(ctx.work / "imagebind")
+    pairs, tones = world.shape_pairs(), world.tone_pairs()
+    scale = min(1.0, ctx.steps("instruct") / Budget().steps["instruct"])  # quick runs: a small bank
+    sizes = {m: max(48, int(n * scale)) for m, n in BANK_SIZES.items()}
+    if (path / "bank.safetensors").is_file():
+        embeds = load_file(str(path / "bank.safetensors"))
+        meta = json.loads((path / "bank.json").read_text())
+        kinds = {"image": world.ShapeSample, "video": world.VideoSample, "audio": world.ToneSample}
+        items = {m: [kinds[m](**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}) for d in meta[m]]
+                 for m in meta}
+    else:
+        items = {"image": [world.random_shape(rng, pairs) for _ in range(sizes["image"])],
+                 "video": [world.random_video(rng, pairs) for _ in range(sizes["video"])],
+                 "audio": [world.random_tone(rng, tones, seconds=world.AUDIO_SECONDS if rng.random() < 0.6
+                                             else rng.uniform(0.8, 3.0)) for _ in range(sizes["audio"])]}
+        values = {"image": [world.encoder_view(s, rng) for s in items["image"]],
+                  "video": [VideoClip(v.frames(size=rng.choice((32, 64))), float(world.VIDEO_FPS)) for v in items["video"]],
+                  "audio": [t.wave() for t in items["audio"]]}
+        embeds = {}
+        for m in MODALITIES:
+            rows = []
+            for start in range(0, len(values[m]), 16):
+                x = torch.stack([enc.to_tensor(m, v) for v in values[m][start:start + 16]])
+                tower = "audio" if m == "audio" else "vision"
+                rows.append(enc.model({tower: x})[tower])
+            embeds[m] = torch.cat(rows).contiguous()
+        save_file(embeds, str(path / "bank.safetensors"))
+        (path / "bank.json").write_text(json.dumps({m: [s.__dict__ for s in items[m]] for m in items}))
+    index = {m: {s: k for k, s in enumerate(items[m])} for m in items}
+    return Bank(items, embeds, index)
+
+
+class BankDialogues(Dialogues):
+    """Conversations whose media come from the bank (so their embeddings are known)."""
+
+    def __init__(self, bank: Bank):
+        super().__init__(held_out=False)
+        self.bank = bank
+
+    def shape(self, rng):
+        return rng.choice(self.bank.items["image"])
+
+    def tone(self, rng):
+        return rng.choice(self.bank.items["audio"])
+
+    def video(self, rng):
+        return rng.choice(self.bank.items["video"])
+
+
+# ----------------------------------------------------------------------------------- the model under training
+
+def load_language(ctx: Context, state_from: str | None) -> tuple[LanguageModel, torch.nn.ModuleDict]:
+    cfg = config.nano_config()
+    tok = AutoTokenizer.from_pretrained(str(ctx.work / "tokenizers" / "llama"))
+    base = LlamaForCausalLM.from_pretrained(str(ctx.work / "llm"), dtype=torch.float32)
+    lora = LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha, dropout=cfg.lora.dropout)
+    llm = LanguageModel.from_base(tok, base, cfg.media_dim, lora)
+    torch.manual_seed(0)
+    projections = build_projections(cfg, base.config.hidden_size)
+    if state_from is not None:
+        load_release_checkpoint(ctx.work / state_from / STATE, llm, dict(projections))
+    return llm, projections
+
+
+def save_language(ctx: Context, stage: str, llm: LanguageModel, projections) -> None:
+    state = release_targets(llm, dict(projections))
+    save_file({k: v.detach().contiguous().clone() for k, v in state.items()}, str(ctx.dir(stage) / STATE))
+
+
+class Targets:
+    """Each decoder's text-encoder conditioning of a caption: what the output projections imitate."""
+
+    def __init__(self, ctx: Context):
+        from diffusers import AudioLDMPipeline, StableDiffusionPipeline, TextToVideoSDPipeline
+
+        from .decoders import clap_encode, clip_encode
+
+        w = ctx.work
+        img = StableDiffusionPipeline.from_pretrained(str(w / "image_decoder"), safety_checker=None,
+                                                      requires_safety_checker=False)
+        vid = TextToVideoSDPipeline.from_pretrained(str(w / "video_decoder"))
+        aud = AudioLDMPipeline.from_pretrained(str(w / "audio_decoder"))
+        self.encoders = {
+            "image": lambda c: clip_encode(img.tokenizer, img.text_encoder.eval(), [c])[0],
+            "video": lambda c: clip_encode(vid.tokenizer, vid.text_encoder.eval(), [c])[0],
+            "audio": lambda c: clap_encode(aud.tokenizer, aud.text_encoder.eval(), [c]),  # (1, D)
+        }
+        self.cache: dict[tuple[str, str], torch.Tensor] = {}
+        self.scale: dict[str, float] = {}
+
+    @torch.no_grad()
+    def __call__(self, modality: str, caption: str) -> torch.Tensor:
+        key = (modality, caption)
+        if key not in self.cache:
+            self.cache[key] = self.encoders[modality](caption).detach()
+        return self.cache[key]
+
+    def norm(self, modality: str, target: torch.Tensor) -> float:
+        """Mean square of a modality's targets, so the three MSE terms weigh alike."""
+        if modality not in self.scale:
+            self.scale[modality] = float(target.pow(2).mean())
+        return self.scale[modality]
+
+
+@dataclass
+class Example:
+    embeds: torch.Tensor  # (T, H)
+    labels: list[int]  # -100 on the prompt
+    gen: tuple[str, str, int] | None  # modality, caption, index of the first signal token in the sequence
+
+
+class Batcher:
+    """Conversations -> padded LLM inputs, through the release's prompt layout and splice."""
+
+    def __init__(self, llm: LanguageModel, bank: Bank, bos_per_segment: bool = True):
+        self.llm = llm
+        self.bank = bank
+        self.bos_per_segment = bos_per_segment
+        self.tokenize = functools.lru_cache(maxsize=50000)(lambda s: tuple(llm.tokenize(s)))
+
+    def example(self, conv: Conversation) -> Example:
+        turns = []
+        for t in conv[:-1]:
+            media = {m: [self.llm.project_media(self.bank.embedding(m, s))] for m, s in t.media.items()}
+            turns.append(PromptTurn(t.role, t.text, media))
+        last = conv[-1]
+        segments = build_segments(turns)
+        prompt, _ = splice_embeddings(segments, lambda s: list(self.tokenize(s)), self.llm.embed_ids,
+                                      self.llm.tokenizer.bos_token_id, self.bos_per_segment)
+        text = last.text + (dialogue.signal_text(last.gen[0]) if last.gen else "") + "\n###"
+        answer = list(self.tokenize(text))
+        ans_emb = self.llm.embed_ids(torch.tensor([answer]))
+        embeds = torch.cat([prompt, ans_emb], dim=1)[0]
+        labels = [-100] * prompt.shape[1] + answer
+        gen = None
+        if last.gen:
+            first = self.llm.signal_ids[last.gen[0]][0]
+            gen = (last.gen[0], last.gen[1], prompt.shape[1] + answer.index(first))
+        return Example(embeds, labels, gen)
+
+    def forward(self, examples: list[Example]):
+        """-> (LM loss, last-layer post-norm hidden states (B, T, H))."""
+        n, width = len(examples), max(e.embeds.shape[0] for e in examples)
+        hidden_size = examples[0].embeds.shape[1]
+        x = torch.zeros(n, width, hidden_size)
+        mask = torch.zeros(n, width, dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        rows = []
+        for k, e in enumerate(examples):
+            t = e.embeds.shape[0]
+            rows.append(F.pad(e.embeds, (0, 0, 0, width - t)))
+            mask[k, :t] = 1
+            labels[k, :t] = torch.tensor(e.labels)
+        x = torch.stack(rows)
+        lm = self.llm.lm
+        hidden = lm.model(inputs_embeds=x, attention_mask=mask).last_hidden_state  # after the final RMSNorm
+        logits = lm.lm_head(hidden)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        return loss, hidden
+
+
+def projection_loss(batcher: Batcher, projections, targets: Targets, examples: list[Example],
+                    hidden: torch.Tensor) -> torch.Tensor:
+    """MSE of each output projection against its decoder's conditioning of the caption."""
+    losses = []
+    for m in MODALITIES:
+        picked = [(k, e) for k, e in enumerate(examples) if e.gen and e.gen[0] == m]
+        if not picked:
+            continue
+        ids = batcher.llm.signal_ids[m]
+        h = torch.stack([hidden[k, e.gen[2]:e.gen[2] + len(ids)] for k, e in picked])  # (b, N, H)
+        sig = batcher.llm.embed_ids(torch.tensor([ids])).expand(len(picked), -1, -1)
+        out = projections[m](h, sig)  # (b, Q, D)
+        tgt = torch.stack([targets(m, e.gen[1]) for _, e in picked])  # (b, Q, D)
+        losses.append(F.mse_loss(out, tgt) / targets.norm(m, tgt) * len(picked))
+    if not losses:
+        return torch.zeros(())
+    return sum(losses) / sum(1 for e in examples if e.gen)
+
+
+def _freeze_all(llm: LanguageModel, projections) -> None:
+    for p in list(llm.parameters()) + list(projections.parameters()):
+        p.requires_grad_(False)
+
+
+def _lm_rows(llm: LanguageModel) -> list[torch.nn.Parameter]:
+    lm = llm.lm
+    return [lm.model.embed_tokens.weight, lm.lm_head.weight]
+
+
+# ----------------------------------------------------------------------------------- the three stages
+
+def describe(rng: random.Random, d: BankDialogues) -> Conversation:
+    """Stage 1's captioning turn: a media item, a describe question, the full caption."""
+    kind = rng.choice(("image", "audio", "video"))
+    if kind == "image":
+        s = d.shape(rng)
+        return [dialogue.Turn("user", rng.choice(dialogue.DESCRIBE_IMAGE), {"image": s}),
+                dialogue.Turn("assistant", world.article(f"A {s.colour} {s.shape}."))]
+    if kind == "audio":
+        t = d.tone(rng)
+        return [dialogue.Turn("user", rng.choice(dialogue.DESCRIBE_AUDIO), {"audio": t}),
+                dialogue.Turn("assistant", f"A {t.pitch} {t.timbre} tone.")]
+    v = d.video(rng)
+    return [dialogue.Turn("user", rng.choice(dialogue.DESCRIBE_VIDEO), {"video": v}),
+            dialogue.Turn("assistant", world.article(f"A {v.colour} {v.shape} moving {v.direction}."))]
+
+
+def stage_align_input(ctx: Context) -> dict:
+    stage = "align_input"
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    bank = build_bank(ctx)
+    llm, projections = load_language(ctx, None)
+    _freeze_all(llm, projections)
+    llm.llama_proj.requires_grad_(True)
+    llm.train()
+    batcher, d, n = Batcher(llm, bank), BankDialogues(bank), ctx.batch(stage)
+
+    def step(i):
+        loss, _ = batcher.forward([batcher.example(describe(rng, d)) for _ in range(n)])
+        return {"loss": loss}
+
+    info = train_loop(stage, ctx, llm.llama_proj.parameters(), step, lr=2e-3)
+    save_language(ctx, stage, llm, projections)
+    return info
+
+
+def generation(rng: random.Random, d: Dialogues) -> Conversation:
+    return d.single(rng, rng.choice(("draw", "play", "animate")))
+
+
+def stage_align_output(ctx: Context) -> dict:
+    stage = "align_output"
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    bank = build_bank(ctx)
+    llm, projections = load_language(ctx, "align_input")
+    _freeze_all(llm, projections)
+    trained = list(projections.parameters()) + _lm_rows(llm)
+    for p in trained:
+        p.requires_grad_(True)
+    llm.train()
+    projections.train()
+    targets = Targets(ctx)
+    batcher, d, n = Batcher(llm, bank), BankDialogues(bank), ctx.batch(stage)
+
+    def step(i):
+        examples = [batcher.example(generation(rng, d)) for _ in range(n)]
+        lm_loss, hidden = batcher.forward(examples)
+        mse = projection_loss(batcher, projections, targets, examples, hidden)
+        return {"loss": lm_loss + mse, "lm": lm_loss.detach(), "mse": mse.detach()}
+
+    groups = [{"params": list(projections.parameters()), "lr_scale": 1.0}, {"params": _lm_rows(llm), "lr_scale": 0.5}]
+    info = train_loop(stage, ctx, None, step, lr=1e-3, param_groups=groups)
+    save_language(ctx, stage, llm, projections)
+    return info
+
+
+def stage_instruct(ctx: Context) -> dict:
+    stage = "instruct"
+    ctx.seed_torch(stage)
+    rng = ctx.rng(stage)
+    bank = build_bank(ctx)
+    llm, projections = load_language(ctx, "align_output")
+    _freeze_all(llm, projections)
+    lora = [p for name, p in llm.llama_model.named_parameters() if "lora_" in name]
+    trained = lora + list(llm.llama_proj.parameters()) + list(projections.parameters()) + _lm_rows(llm)
+    for p in trained:
+        p.requires_grad_(True)
+    llm.train()
+    projections.train()
+    targets = Targets(ctx)
+    batcher, d, n = Batcher(llm, bank), BankDialogues(bank), ctx.batch(stage)
+
+    def step(i):
+        examples = [batcher.example(d.conversation(rng)) for _ in range(n)]
+        lm_loss, hidden = batcher.forward(examples)
+        mse = projection_loss(batcher, projections, targets, examples, hidden)
+        return {"loss": lm_loss + mse, "lm": lm_loss.detach(), "mse": mse.detach()}
+
+    groups = [{"params": lora, "lr_scale": 1.0},
+              {"params": list(llm.llama_proj.parameters()) + list(projections.parameters()), "lr_scale": 0.5},
+              {"params": _lm_rows(llm), "lr_scale": 0.3}]
+    info = train_loop(stage, ctx, None, step, lr=2e-3, param_groups=groups)
+    save_language(ctx, stage, llm, projections)
+    return info

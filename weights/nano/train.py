@@ -1,0 +1,92 @@
+"""Run the nano training chain, stage by stage, resumably.
+
+Each stage writes its outputs under `work/<stage>/` and, last, a `DONE.json` marker with its
+timing; a re-run skips every stage that has its marker. `assemble` writes the model directory in
+the release layout (fp16 safetensors) that `NextGPT.from_pretrained` loads.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+from ..presets import WEIGHTS_ROOT
+from . import decoders, encoder, language
+from .common import Context, set_threads
+from .config import Budget
+
+DEFAULT_OUT = WEIGHTS_ROOT / "nano" / "model"
+DEFAULT_WORK = WEIGHTS_ROOT / "cache" / "nano-train"
+
+# name -> (function, the stages it reads)
+STAGES: dict[str, tuple[Callable[[Context], dict], tuple[str, ...]]] = {
+    "tokenizers": (decoders.stage_tokenizers, ()),
+    "vocoder": (decoders.stage_vocoder, ()),
+    "image_vae": (decoders.stage_image_vae, ()),
+    "image_unet": (decoders.stage_image_unet, ("tokenizers", "image_vae")),
+    "audio_vae": (decoders.stage_audio_vae, ()),
+    "audio_unet": (decoders.stage_audio_unet, ("tokenizers", "audio_vae", "vocoder")),
+    "video_unet": (decoders.stage_video_unet, ("image_unet",)),
+    "imagebind": (encoder.stage_imagebind, ()),
+    "llm": (language.stage_llm, ("tokenizers",)),
+    "align_input": (language.stage_align_input, ("llm", "imagebind")),
+    "align_output": (language.stage_align_output, ("align_input", "image_unet", "audio_unet", "video_unet")),
+    "instruct": (language.stage_instruct, ("align_output",)),
+}
+ORDER = list(STAGES)
+
+
+def _closure(names: list[str]) -> list[str]:
+    """The named stages and every stage they depend on, in run order."""
+    need: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in need:
+            need.add(name)
+            for dep in STAGES[name][1]:
+                add(dep)
+
+    for n in names:
+        add(n)
+    return [s for s in ORDER if s in need]
+
+
+def run(work: Path = DEFAULT_WORK, out: Path = DEFAULT_OUT, stages: list[str] | None = None, seed: int = 0,
+        quick: float | None = None, threads: int = 2, redo: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Train what is not done yet (all stages, or `stages` and what they need), then assemble `out`."""
+    set_threads(threads)
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    settings = {"seed": seed, "quick": quick}
+    marker = work / "run.json"
+    if marker.is_file() and json.loads(marker.read_text()) != settings:
+        raise SystemExit(f"{work} holds a run with other settings ({marker.read_text().strip()}); "
+                         "use another --work directory or delete it")
+    marker.write_text(json.dumps(settings))
+    budget = Budget() if quick is None else Budget().scaled(quick)
+    ctx = Context(work=work, seed=seed, budget=budget, threads=threads, log=log)
+    wanted = [s for s in (stages or ORDER) if s != "assemble"]
+    for name in _closure(wanted):
+        if ctx.done(name) and not (redo and name in wanted):
+            log(f"[{name}] done already ({ctx.info(name).get('seconds', '?')} s): skipped")
+            continue
+        log(f"[{name}] starting")
+        t0 = time.time()
+        info = STAGES[name][0](ctx) or {}
+        info = {**info, "seconds": round(time.time() - t0, 1)}
+        ctx.mark_done(name, info)
+        log(f"[{name}] done in {info['seconds']} s: {json.dumps(info)}")
+    if stages is None or "assemble" in stages:
+        if all(ctx.done(s) for s in ORDER):
+            from .assemble import assemble
+            assemble(ctx, Path(out))
+            log(f"[assemble] model written to {out}")
+        else:
+            log("[assemble] skipped: not every stage is done")
+    return Path(out)
+
+
+def timings(work: Path = DEFAULT_WORK) -> dict[str, float]:
+    ctx = Context(work=Path(work))
+    return {s: ctx.info(s).get("seconds") for s in ORDER if ctx.done(s)}

@@ -1,0 +1,216 @@
+"""The nano world: coloured shapes, tones and moving shapes, with their captions and the
+conversations NExT-GPT's stages train on, all drawn from a seeded random generator.
+
+Every sample is a pure function of (seed, index), so a stage that is re-run sees the same data.
+Some attribute combinations are held out of every training stage; the eval asks about them.
+"""
+from __future__ import annotations
+
+import itertools
+import random
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+# ----------------------------------------------------------------------------------- attributes
+
+COLOURS = {  # name -> RGB on a white background
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 225),
+    "yellow": (240, 205, 30),
+    "purple": (140, 55, 190),
+    "orange": (245, 135, 25),
+}
+SHAPES = ("circle", "square", "triangle")
+# The fraction of its bounding box each shape fills: how the eval tells shapes apart.
+FILL_RATIO = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
+PITCHES = {"low": (200.0, 320.0), "medium": (550.0, 850.0), "high": (1700.0, 2600.0)}  # Hz
+PITCH_EDGES = (420.0, 1300.0)  # spectral-peak thresholds between low | medium | high
+TIMBRES = ("pure", "buzzy", "beeping")
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+
+# Combinations no training stage ever sees (images and videos share the colour/shape ones).
+HELD_OUT_SHAPES = {("green", "triangle"), ("purple", "circle"), ("orange", "square")}
+HELD_OUT_TONES = {("high", "buzzy"), ("low", "beeping")}
+
+IMAGE_SIZE = 32  # what the image and video decoders draw
+VIDEO_FRAMES = 8
+VIDEO_FPS = 8
+SAMPLE_RATE = 16000
+AUDIO_SECONDS = 1.024  # what the audio decoder plays (64 mel frames)
+BACKGROUND = (255, 255, 255)
+
+
+def article(text: str) -> str:
+    """"a orange circle" -> "an orange circle" (the only colour that needs it)."""
+    return text.replace("a orange", "an orange").replace("A orange", "An orange")
+
+
+def shape_pairs(held_out: bool | None = False) -> list[tuple[str, str]]:
+    """(colour, shape) pairs: the training ones (False), the held-out ones (True) or all (None)."""
+    pairs = list(itertools.product(COLOURS, SHAPES))
+    if held_out is None:
+        return pairs
+    return [p for p in pairs if (p in HELD_OUT_SHAPES) == held_out]
+
+
+def tone_pairs(held_out: bool | None = False) -> list[tuple[str, str]]:
+    pairs = list(itertools.product(PITCHES, TIMBRES))
+    if held_out is None:
+        return pairs
+    return [p for p in pairs if (p in HELD_OUT_TONES) == held_out]
+
+
+# ----------------------------------------------------------------------------------- images
+
+def _shape_points(shape: str, cx: float, cy: float, half: float):
+    if shape == "triangle":
+        return [(cx, cy - half), (cx + half, cy + half), (cx - half, cy + half)]
+    return [cx - half, cy - half, cx + half, cy + half]
+
+
+def draw_shape(img: Image.Image, shape: str, colour: str, cx: float, cy: float, half: float, scale: float) -> None:
+    d = ImageDraw.Draw(img)
+    pts = _shape_points(shape, cx * scale, cy * scale, half * scale)
+    rgb = COLOURS[colour]
+    if shape == "circle":
+        d.ellipse(pts, fill=rgb)
+    elif shape == "square":
+        d.rectangle(pts, fill=rgb)
+    else:
+        d.polygon(pts, fill=rgb)
+
+
+def render(shape: str, colour: str, cx: float, cy: float, half: float, size: int = IMAGE_SIZE) -> Image.Image:
+    """One shape on white, drawn at 4x and downsampled (anti-aliased). Coordinates in a 32-px frame."""
+    scale = size / IMAGE_SIZE * 4
+    big = Image.new("RGB", (size * 4, size * 4), BACKGROUND)
+    draw_shape(big, shape, colour, cx, cy, half, scale)
+    return big.resize((size, size), Image.BOX)
+
+
+@dataclass(frozen=True)
+class ShapeSample:
+    colour: str
+    shape: str
+    cx: float
+    cy: float
+    half: float
+
+    @property
+    def caption(self) -> str:
+        return article(f"a {self.colour} {self.shape}")
+
+    def image(self, size: int = IMAGE_SIZE) -> Image.Image:
+        return render(self.shape, self.colour, self.cx, self.cy, self.half, size)
+
+
+def random_shape(rng: random.Random, pairs: list[tuple[str, str]]) -> ShapeSample:
+    colour, shape = rng.choice(pairs)
+    half = rng.uniform(6.0, 10.0)
+    cx = rng.uniform(half + 2, IMAGE_SIZE - half - 2)
+    cy = rng.uniform(half + 2, IMAGE_SIZE - half - 2)
+    return ShapeSample(colour, shape, cx, cy, half)
+
+
+# ----------------------------------------------------------------------------------- videos
+
+@dataclass(frozen=True)
+class VideoSample:
+    colour: str
+    shape: str
+    direction: str
+    start: tuple[float, float]
+    travel: float
+    half: float
+
+    @property
+    def caption(self) -> str:
+        return article(f"a {self.colour} {self.shape} moving {self.direction}")
+
+    def centres(self, frames: int = VIDEO_FRAMES) -> list[tuple[float, float]]:
+        dx, dy = DIRECTIONS[self.direction]
+        return [(self.start[0] + dx * self.travel * t / (frames - 1), self.start[1] + dy * self.travel * t / (frames - 1))
+                for t in range(frames)]
+
+    def frames(self, size: int = IMAGE_SIZE, frames: int = VIDEO_FRAMES) -> np.ndarray:
+        """(F, H, W, 3) uint8."""
+        return np.stack([np.asarray(render(self.shape, self.colour, x, y, self.half, size))
+                         for x, y in self.centres(frames)])
+
+
+def random_video(rng: random.Random, pairs: list[tuple[str, str]], directions=tuple(DIRECTIONS)) -> VideoSample:
+    colour, shape = rng.choice(pairs)
+    direction = rng.choice(list(directions))
+    half = rng.uniform(4.5, 6.5)
+    travel = rng.uniform(12.0, 18.0)
+    lo, hi = half + 1, IMAGE_SIZE - half - 1
+    dx, dy = DIRECTIONS[direction]
+    along = lo + (hi - lo - travel) * rng.random()  # where the run starts along the motion axis
+    if dx < 0 or dy < 0:
+        along = hi - (along - lo)
+    across = rng.uniform(lo, hi)
+    start = (along, across) if dx else (across, along)
+    return VideoSample(colour, shape, direction, start, travel, half)
+
+
+# ----------------------------------------------------------------------------------- audio
+
+@dataclass(frozen=True)
+class ToneSample:
+    pitch: str
+    timbre: str
+    freq: float
+    amplitude: float
+    seconds: float = AUDIO_SECONDS
+    phase: float = 0.0
+    with_timbre: bool = True  # the caption names the timbre
+
+    @property
+    def caption(self) -> str:
+        return f"a {self.pitch} {self.timbre} tone" if self.with_timbre else f"a {self.pitch} tone"
+
+    def wave(self) -> np.ndarray:
+        n = int(round(self.seconds * SAMPLE_RATE))
+        t = np.arange(n) / SAMPLE_RATE
+        w = np.sin(2 * np.pi * self.freq * t + self.phase)
+        if self.timbre == "buzzy":  # odd harmonics below Nyquist, each weaker than the fundamental
+            for k, a in ((3, 0.45), (5, 0.3), (7, 0.2)):
+                if k * self.freq < 7500:
+                    w = w + a * np.sin(2 * np.pi * k * self.freq * t + k * self.phase)
+            w = w / 1.6
+        if self.timbre == "beeping":  # 4 beeps a second
+            gate = ((t * 4.0) % 1.0) < 0.5
+            ramp = np.convolve(gate.astype(float), np.ones(80) / 80, mode="same")
+            w = w * ramp
+        fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)
+        return (self.amplitude * w * fade).astype(np.float32)
+
+
+def random_tone(rng: random.Random, pairs: list[tuple[str, str]], seconds: float = AUDIO_SECONDS,
+                drop_timbre: float = 0.0) -> ToneSample:
+    pitch, timbre = rng.choice(pairs)
+    lo, hi = PITCHES[pitch]
+    freq = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return ToneSample(pitch, timbre, freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi),
+                      with_timbre=rng.random() >= drop_timbre)
+
+
+def pitch_of(freq: float) -> str:
+    return "low" if freq < PITCH_EDGES[0] else "medium" if freq < PITCH_EDGES[1] else "high"
+
+
+# ----------------------------------------------------------------------------------- augmentation for the encoder
+
+def encoder_view(sample: ShapeSample, rng: random.Random) -> Image.Image:
+    """The image as a user might upload it or as the decoder draws it: varied size, some blur."""
+    size = rng.choice((32, 32, 48, 64, 96, 128))
+    img = sample.image(size)
+    if rng.random() < 0.3:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * size / 32))
+    if rng.random() < 0.3:
+        arr = np.asarray(img).astype(np.float32) + np.random.default_rng(rng.getrandbits(32)).normal(0, 8, (size, size, 3))
+        img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+    return img
