@@ -8,6 +8,8 @@ is not), and decoding stops as soon as a limit is passed.
 """
 from __future__ import annotations
 
+import re
+
 import io
 import math
 import struct
@@ -201,7 +203,9 @@ def _png_size(data: bytes) -> tuple[int, int] | None:
 
 
 def _why(e: BaseException) -> str:
-    return str(e).strip() or type(e).__name__
+    """The library's reason in words, without the object reprs some of them include."""
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(e)).strip()
+    return text or type(e).__name__
 
 
 def _too_long(what: str, seconds: float, limit: float) -> MediaTooLargeError:

@@ -16,7 +16,7 @@ from torch import nn
 from .batching import BatchingDecoder
 from .checkpoint import CHECKPOINT_FILE, load_release_checkpoint
 from .config import ModelConfig
-from .decoders import PARAMS_OF, Decoder, DecoderLimits, merge_params, validate_params
+from .decoders import PARAMS_OF, Decoder, DecoderLimits, ParameterError, merge_params, validate_params
 from .encoder import ImageBindEncoder
 from .generate import SamplingParams, feed_tokens, generate
 from .llm import LanguageModel, LoraSettings
@@ -87,6 +87,8 @@ class NextGPT:
         llm = llm.to(place["llm"], default_dtype(place["llm"])).eval()
         decoders = {}
         for m in MODALITIES:
+            if not (path / getattr(parts, m)).is_dir():  # fetched with --only: serve what is there
+                continue
             defaults = PARAMS_OF[m](**config.decoder_defaults.get(m, {}))
             decoders[m] = Decoder.from_pretrained(m, path / getattr(parts, m), defaults, place[m], default_dtype(place[m]))
         return cls(config, encoder, llm, projections, decoders, limits)
@@ -111,6 +113,9 @@ class NextGPT:
                  should_stop: Callable[[], bool] | None = None) -> LanguageOutput:
         allowed, required = set(modalities), set(required)
         check_messages(messages, allowed, required)
+        missing = required - set(self.decoders)
+        if missing:
+            raise ValueError(f"this model has no decoder for {sorted(missing)}")
         timings = {}
         t0 = time.perf_counter()
         turns, n_media = self._turns(messages)
@@ -135,7 +140,9 @@ class NextGPT:
             ids = self.llm.signal_ids[modality]
             run = find_signal_run(gen.ids, ids, modality)
             hidden = None
-            if run is not None and not run.ok:
+            if run is not None and modality not in self.decoders:
+                skipped[modality] = f"the model asked for {modality} but this server has no {modality} decoder"
+            elif run is not None and not run.ok:
                 skipped[modality] = run.reason
             elif run is not None and modality in allowed:
                 hidden = self._hidden_at(gen, cache, run.start, len(ids))
@@ -162,6 +169,8 @@ class NextGPT:
 
     # 5. decode ---------------------------------------------------------------------------------
     def decoder_params(self, modality: str, overrides: dict | None = None):
+        if modality not in self.decoders:
+            raise ParameterError(modality, f"this model has no {modality} decoder")
         decoder = self.decoders[modality]
         params = merge_params(modality, decoder.defaults, overrides)
         return validate_params(modality, params, self.limits, decoder.spatial_multiple)
@@ -183,7 +192,7 @@ class NextGPT:
              on_progress: Callable[[str, int, int], None] | None = None,
              should_stop: Callable[[], bool] | None = None) -> ChatResult:
         # 1. check the decoder parameters before any work is spent
-        params = {m: self.decoder_params(m, (decoder_params or {}).get(m)) for m in MODALITIES}
+        params = {m: self.decoder_params(m, (decoder_params or {}).get(m)) for m in self.decoders}
         # 2. encode, prompt, generate, project
         lang = self.language(messages, modalities=modalities, required=required, sampling=sampling,
                              on_text=on_text, should_stop=should_stop)

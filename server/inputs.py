@@ -135,7 +135,8 @@ def _check_b64_size(text: str, param: str, max_bytes: int) -> None:
 
 
 def _too_big(param: str, max_bytes: int) -> APIError:
-    return bad(param, f"the media item is over the {max_bytes / 1e6:.1f} MB limit", 413, "media_too_large")
+    size = f"{max_bytes / 1e6:.1f} MB" if max_bytes >= 100_000 else f"{max_bytes / 1e3:.1f} kB"
+    return bad(param, f"the media item is over the {size} limit", 413, "media_too_large")
 
 
 # --------------------------------------------------------------------------- decoding

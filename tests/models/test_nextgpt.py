@@ -157,3 +157,21 @@ def test_decoder_parameters_reach_the_decoder(tiny_model):
 def test_bad_media_raise_media_errors(data, kind):
     with pytest.raises(MediaError):
         MediaItem.from_bytes(data, kind)
+
+
+def test_a_model_without_some_decoders_serves_the_rest(tiny_dir, tmp_path):
+    """A directory fetched with `--only llm,image` loads; asking for a missing output is an error."""
+    import shutil
+
+    from models.nextgpt import NextGPT
+
+    partial = tmp_path / "partial"
+    shutil.copytree(tiny_dir, partial, ignore=shutil.ignore_patterns("audio_decoder", "video_decoder"))
+    model = NextGPT.from_pretrained(partial)
+    assert set(model.decoders) == {"image"}
+    out = model.chat([user("draw")], required=["image"], sampling=FAST)
+    assert out.image is not None
+    with pytest.raises(ValueError, match="no decoder"):
+        model.chat([user("play")], required=["audio"], sampling=FAST)
+    with pytest.raises(ParameterError):
+        model.decoder_params("video", {})
