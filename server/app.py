@@ -63,7 +63,7 @@ async def _start_model(app: FastAPI, settings: Settings) -> None:
     host: ModelHost = app.state.host
     await host.start(settings)
     if host.ready:
-        scheduler = Scheduler(host.model, app.state.metrics)
+        scheduler = Scheduler(host.model, app.state.metrics, decoder_workers=settings.decoder_max_batch)
         app.state.scheduler = scheduler
         app.state.chat = ChatService(host, scheduler, app.state.files, app.state.metrics)
 

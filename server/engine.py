@@ -28,7 +28,10 @@ def load_model(settings: Settings) -> Any:
 
     path = resolve_weights(settings.weights)
     log.info("loading %s on %s", path, settings.device_map())
-    return NextGPT.from_pretrained(path, devices=settings.device_map(), limits=settings.decoder_limits())
+    model = NextGPT.from_pretrained(path, devices=settings.device_map(), limits=settings.decoder_limits())
+    if settings.decoder_max_batch > 1:
+        model.enable_batching(settings.decoder_max_batch)
+    return model
 
 
 def warm_up(model: Any) -> None:

@@ -158,12 +158,14 @@ class Job:
 
 
 class Stage:
-    """One model stage: a single worker thread, calls served in arrival order."""
+    """One model stage: worker threads, calls served in arrival order. The language stage has
+    one; a decoder stage has as many as its batcher takes at once, so that concurrent requests'
+    calls can meet in the model's BatchingDecoder and share one pipeline call."""
 
-    def __init__(self, name: str, metrics: Metrics):
+    def __init__(self, name: str, metrics: Metrics, workers: int = 1):
         self.name = name
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"nextgpt-{name}")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"nextgpt-{name}")
 
     async def call(self, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
         depth = self.metrics.stage_depth.labels(self.name)
@@ -204,10 +206,13 @@ class Ticket:
 # --------------------------------------------------------------------------- the scheduler
 
 class Scheduler:
-    def __init__(self, model: Any, metrics: Metrics):
+    def __init__(self, model: Any, metrics: Metrics, decoder_workers: int = 1):
         self.model = model
         self.metrics = metrics
-        self.stages = {name: Stage(name, metrics) for name in ("language", *DECODER_STAGES)}
+        batched = model.batchers  # only a batching decoder may run calls side by side
+        self.stages = {"language": Stage("language", metrics)}
+        for name in DECODER_STAGES:
+            self.stages[name] = Stage(name, metrics, decoder_workers if name in batched else 1)
         self.active = 0
         self.mean_duration = 1.0  # seconds, moving average: sizes Retry-After
         self.jobs: set[Job] = set()
@@ -240,8 +245,12 @@ class Scheduler:
             lang = await self.stages["language"].call(job, self._language, job, turn)
             self._count_language(lang)
             job.emit(LanguageDone(lang))
-            for modality, condition in lang.conditions.items():
-                await self._decode_one(job, turn, modality, condition)
+            # each output in its own stage: a request's image, sound and video are drawn side by side
+            outcomes = await asyncio.gather(*(self._decode_one(job, turn, m, c) for m, c in lang.conditions.items()),
+                                            return_exceptions=True)
+            for outcome in outcomes:  # every decoder has ended: report the first failure, if any
+                if isinstance(outcome, BaseException):
+                    raise outcome
             job.emit(Finished())
         except (Cancelled, DeadlineExceeded, asyncio.CancelledError) as exc:
             error = exc if not isinstance(exc, asyncio.CancelledError) else Cancelled("shutdown")

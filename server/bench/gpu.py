@@ -43,7 +43,7 @@ class BenchPlan:
     turn_tokens: int = 32  # the LLM part of the image-out turn (the target)
     steps: int = 50  # diffusion steps: the reference demo's default
     warmup_steps: int = 2  # warm-up calls only need the shapes, not 50 steps
-    guidance: float = 7.5
+    guidance: float = 7.5  # this and the sizes below: the reference demo's defaults (shared/NEXTGPT.md)
     image_size: int = 512
     video_frames: int = 24
     video_height: int = 320

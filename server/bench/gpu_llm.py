@@ -15,7 +15,7 @@ import torch
 from transformers import StaticCache
 
 # HBM bandwidth by device name (first match wins), TB/s: vendors' datasheets.
-BANDWIDTH_TBS = (("H200", 4.8), ("H100 NVL", 3.9), ("H100 PCIe", 2.0), ("H100", 3.35), ("GH200", 4.0),
+BANDWIDTH_TBS = (("GH200", 4.0), ("H200", 4.8), ("H100 NVL", 3.9), ("H100 PCIe", 2.0), ("H100", 3.35),
                  ("A100-SXM4-80GB", 2.039), ("A100 80GB PCIe", 1.935), ("A100", 1.555), ("L40S", 0.864),
                  ("RTX 4090", 1.008), ("A10G", 0.6), ("L4", 0.3))
 

@@ -34,7 +34,8 @@ def test_full_queue_gets_429_with_retry_after(http, live):
         cancelled = live.metric("nextgpt_requests_cancelled_total", reason="client")
         with http.stream("POST", URL, json=SLOW) as running:
             assert running.status_code == 200
-            read_until_progress(running.iter_lines())
+            lines = running.iter_lines()  # held: a dropped iterator closes the stream
+            read_until_progress(lines)
             refused = http.post(URL, json={"messages": [user(text="me too")], "max_tokens": 4})
             assert_error(refused, 429, None, "queue_full")
             assert refused.headers["retry-after"].isdigit() and int(refused.headers["retry-after"]) >= 1
@@ -49,7 +50,8 @@ def test_full_queue_gets_429_with_retry_after(http, live):
 def test_stages_overlap(http, live):
     """A text request is answered while another request's video decoder is still drawing."""
     with http.stream("POST", URL, json=SLOW) as running:
-        read_until_progress(running.iter_lines())
+        lines = running.iter_lines()  # held: a dropped iterator closes the stream
+        read_until_progress(lines)
         answered = http.post(URL, json={"messages": [user(text="quick one")], "max_tokens": 4,
                                         "modalities": ["text"]})
         assert answered.status_code == 200

@@ -1,0 +1,90 @@
+"""Meaning tests on the trained nano model: it draws, plays, animates and answers what it is asked.
+
+They judge the outputs with the same measures as `nextgpt eval nano` (weights/nano/measure.py):
+dominant colour and fill ratio of a drawn shape, spectral peak of a tone, centroid track of an
+animation, and the words of an answer. Skipped when the nano weights are not on disk.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from weights.nano import measure, world
+from weights.nano.train import DEFAULT_OUT
+
+pytestmark = pytest.mark.skipif(
+    not (DEFAULT_OUT / "nextgpt.json").is_file(),
+    reason=f"nano weights are not present at {DEFAULT_OUT} (train them with `nextgpt weights train-nano`)",
+)
+
+
+@pytest.fixture(scope="module")
+def nano():
+    import torch
+
+    from models.nextgpt import NextGPT
+
+    torch.set_num_threads(2)
+    return NextGPT.from_pretrained(DEFAULT_OUT)
+
+
+def chat(nano, text, media=()):
+    from models.generate import SamplingParams
+    from models.types import Message
+
+    return nano.chat([Message("user", text, list(media))], sampling=SamplingParams(max_new_tokens=48, seed=0))
+
+
+def test_asked_for_a_red_circle_it_draws_a_red_circle(nano):
+    result = chat(nano, "Show me a red circle.")
+    assert result.image is not None, f"no image: {result.text!r} {result.skipped}"
+    assert "red circle" in result.text
+    assert measure.dominant_colour(result.image) == "red"
+    ratio = measure.fill_ratio(result.image)
+    assert 0.65 <= ratio < 0.9, f"fill ratio {ratio:.2f} is not a circle's (pi/4 = 0.79)"
+
+
+def test_asked_for_a_high_tone_it_plays_a_high_tone(nano):
+    result = chat(nano, "Play me a high tone.")
+    assert result.audio is not None, f"no audio: {result.text!r} {result.skipped}"
+    assert measure.rms(result.audio) > 0.01, "the tone is (nearly) silent"
+    peak = measure.spectral_peak(result.audio)
+    assert peak >= world.PITCH_EDGES[1], f"spectral peak {peak:.0f} Hz is not high"
+
+
+def test_asked_for_a_shape_moving_right_the_centroid_moves_right(nano):
+    result = chat(nano, "Animate a blue square moving right.")
+    assert result.video is not None, f"no video: {result.text!r} {result.skipped}"
+    track = [c for c in measure.centroid_track(result.video.frames) if c is not None]
+    assert len(track) >= 2 and track[-1][0] - track[0][0] > 3, f"centroid track {track}"
+    assert measure.direction_of(result.video.frames) == "right"
+
+
+def test_asked_what_colour_an_uploaded_blue_square_is_it_says_blue(nano):
+    from models.types import MediaItem
+
+    img = Image.new("RGB", (64, 64), "white")
+    ImageDraw.Draw(img).rectangle([18, 20, 46, 48], fill=world.COLOURS["blue"])
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    result = chat(nano, "What colour is this?", [MediaItem.from_bytes(buf.getvalue(), "image")])
+    words = measure.words(result.text)
+    assert "blue" in words and not (words & (set(world.COLOURS) - {"blue"})), result.text
+    assert result.image is None and result.audio is None and result.video is None
+
+
+def test_it_hears_whether_an_uploaded_tone_is_low(nano):
+    from models.types import MediaItem
+
+    t = np.arange(32000) / 16000
+    wave = (0.4 * np.sin(2 * np.pi * 250 * t)).astype(np.float32)
+    result = chat(nano, "Is this tone high or low?", [MediaItem("audio", wave)])
+    assert "low" in measure.words(result.text), result.text
+
+
+def test_generated_text_carries_no_signal_tokens(nano):
+    result = chat(nano, "Draw a green square.")
+    assert "[IMG" not in result.text and "<Img>" not in result.text

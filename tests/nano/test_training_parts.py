@@ -1,0 +1,100 @@
+"""The nano training package without trained weights: the world, the measures, the tokenizer's
+signal runs, the video UNet's start from the image UNet, the vocoder features, resumability."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from weights.nano import audio, dialogue, measure, world
+
+
+def test_measures_read_ground_truth_media_perfectly():
+    rng = random.Random(1)
+    for _ in range(60):
+        s = world.random_shape(rng, world.shape_pairs(None))
+        img = s.image(rng.choice((32, 64)))
+        assert measure.dominant_colour(img) == s.colour and measure.shape_of(img) == s.shape, s
+    for _ in range(40):
+        v = world.random_video(rng, world.shape_pairs(None))
+        assert measure.direction_of(v.frames()) == v.direction, v
+    for _ in range(30):
+        t = world.random_tone(rng, world.tone_pairs(None))
+        assert measure.pitch_class(t.wave()) == t.pitch, t
+
+
+def test_world_is_a_function_of_the_seed_and_hides_its_held_out_pairs():
+    a = [world.random_shape(random.Random("s"), world.shape_pairs()) for _ in range(5)]
+    b = [world.random_shape(random.Random("s"), world.shape_pairs()) for _ in range(5)]
+    assert a == b
+    rng, d = random.Random(0), dialogue.Dialogues()
+    seen = set()
+    for _ in range(400):
+        for turn in d.conversation(rng):
+            for m in turn.media.values():
+                if not isinstance(m, world.ToneSample):
+                    seen.add((m.colour, m.shape))
+                else:
+                    assert (m.pitch, m.timbre) not in world.HELD_OUT_TONES
+            text = turn.text + (turn.gen[1] if turn.gen else "")
+            for colour, shape in world.HELD_OUT_SHAPES:
+                assert world.article(f"{colour} {shape}") not in text
+    assert not seen & world.HELD_OUT_SHAPES
+
+
+def test_generation_answers_end_with_a_consecutive_signal_run(tmp_path):
+    from models.signals import SIGNAL_SPECS, find_signal_run
+    from weights.tokenizers_local import llama_tokenizer
+
+    tok = llama_tokenizer(dialogue.corpus(n=400), tmp_path / "tok", vocab_size=512)
+    rng, d = random.Random(0), dialogue.Dialogues()
+    for kind, modality in (("draw", "image"), ("play", "audio"), ("animate", "video")):
+        answer = d.single(rng, kind)[-1]
+        assert answer.gen[0] == modality
+        ids = tok(answer.text + dialogue.signal_text(modality), add_special_tokens=False)["input_ids"]
+        signal_ids = tok.convert_tokens_to_ids(SIGNAL_SPECS[modality].tokens)
+        run = find_signal_run(ids, signal_ids, modality)
+        assert run is not None and run.ok and run.start + len(signal_ids) == len(ids)
+
+
+def test_video_unet_starts_as_the_image_unet_frame_by_frame():
+    from weights.nano.decoders import image_unet, video_unet_from
+
+    torch.manual_seed(0)
+    image = image_unet().eval()
+    video = video_unet_from(image).eval()
+    x = torch.randn(1, 4, 3, 16, 16)  # (B, C, F, h, w)
+    cond = torch.randn(1, 77, 64)
+    with torch.no_grad():
+        out3 = video(x, 10, cond).sample
+        out2 = torch.stack([image(x[:, :, f], 10, cond).sample for f in range(3)], dim=2)
+    assert torch.allclose(out3, out2, atol=1e-4)
+
+
+def test_vocoder_features_have_one_frame_per_hop():
+    t = world.random_tone(random.Random(0), world.tone_pairs())
+    mel = audio.log_mel(torch.from_numpy(t.wave())[None])
+    assert mel.shape == (1, len(t.wave()) // 256, 32)
+    assert -3 < float(mel.mean()) < 3
+
+
+def test_stages_are_resumable(tmp_path):
+    from weights.nano import train
+
+    logs: list[str] = []
+    train.run(work=tmp_path, out=tmp_path / "model", stages=["tokenizers"], quick=0.001, threads=1, log=logs.append)
+    assert (tmp_path / "tokenizers" / "DONE.json").is_file()
+    logs.clear()
+    train.run(work=tmp_path, out=tmp_path / "model", stages=["tokenizers"], quick=0.001, threads=1, log=logs.append)
+    assert any("skipped" in line for line in logs)
+    with pytest.raises(SystemExit):  # a different seed may not reuse another run's stages
+        train.run(work=tmp_path, stages=["tokenizers"], seed=1, quick=0.001, threads=1, log=logs.append)
+
+
+def test_eval_judges_words_strictly():
+    from weights.nano.eval import judge_answer
+
+    assert judge_answer("It is blue.", {"colour": "blue"})
+    assert not judge_answer("It is blue and red.", {"colour": "blue"})
+    assert judge_answer("I see a green triangle moving up.", {"colour": "green", "shape": "triangle", "direction": "up"})
