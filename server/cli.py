@@ -15,7 +15,8 @@ from typing import Sequence
 SUBCOMMANDS = (
     "server.cli",  # serve (below)
     "server.cli_chat",  # chat: a terminal client (the lead's)
-    "weights.cli",  # weights: fetch, convert, verify (the lead's)
+    "weights.cli",  # weights: fetch, convert, verify, list, build-tiny
+    "server.bench.cli",  # bench: our way against the stock way
 )
 
 

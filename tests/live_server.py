@@ -6,16 +6,13 @@ block (queue size, deadline, API keys, limits), so one loaded model serves every
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
 import time
 from dataclasses import dataclass
 
 import httpx
 import pytest
-import uvicorn
 
-from server.app import create_app
+from server.background import BackgroundServer
 from server.settings import Settings, get_settings
 
 READY_TIMEOUT_S = 180
@@ -59,38 +56,12 @@ class LiveServer:
             time.sleep(0.02)
 
 
-def _free_socket() -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    return sock
-
-
 @pytest.fixture(scope="session")
 def live(tmp_path_factory) -> LiveServer:
     settings = Settings(weights="tiny", devices="cpu", files_dir=tmp_path_factory.mktemp("files"),
                         api_keys=[], warmup=True)
-    app = create_app(settings)
-    sock = _free_socket()
-    port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", ws_max_size=settings.max_body_bytes, lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:  # bounded wait on a condition: /ready turns 200 after load and warm-up
-        try:
-            if httpx.get(base + "/ready", timeout=5).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError(f"the server did not become ready: {app.state.host.error}")
-        time.sleep(0.1)
-    yield LiveServer(app, base, settings)
-    server.should_exit = True
-    thread.join(timeout=15)
+    with BackgroundServer(settings, ready_timeout_s=READY_TIMEOUT_S) as server:
+        yield LiveServer(server.app, server.base_url, settings)
 
 
 @pytest.fixture(scope="session")
