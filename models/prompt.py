@@ -60,22 +60,15 @@ def build_segments(turns: list[Turn]) -> list[Segment]:
     for turn in turns:
         if turn.role == "user":
             pending += HUMAN if not segments and not pending else "\n" + HUMAN
-            tags = _media_tags(turn)
-            if tags:
-                segments.append(pending)
-                segments.extend(tags)
-                pending = turn.text.strip()
-            else:
-                pending += " " + turn.text.strip()
         else:
             pending += ASSISTANT
-            tags = _media_tags(turn)
-            if tags:
-                segments.append(pending)
-                segments.extend(tags)
-                pending = turn.text.strip()
-            else:
-                pending += " " + turn.text.strip()
+        tags = _media_tags(turn)
+        if tags:  # the tag splits the text: what came before is one segment, the turn's text starts the next
+            segments.append(pending)
+            segments.extend(tags)
+            pending = turn.text.strip()
+        else:
+            pending += " " + turn.text.strip()
     segments.append(pending + ASSISTANT)
     return [s for s in segments if not (isinstance(s, str) and s == "")]
 
