@@ -6,7 +6,9 @@ pipeline through per-item generators; progress and cancellation go through the s
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -16,6 +18,7 @@ import torch
 from diffusers import AudioLDMPipeline, StableDiffusionPipeline, TextToVideoSDPipeline
 
 from .generate import GenerationCancelled
+from .placement import apply_offload
 
 
 class ParameterError(ValueError):
@@ -103,22 +106,58 @@ def merge_params(modality: str, defaults, overrides: dict | None):
 
 
 class Decoder:
-    """One stock pipeline, warm, with its negative-prompt embedding computed once."""
+    """One stock pipeline, warm, with its negative-prompt embedding computed once.
 
-    def __init__(self, modality: str, pipe, defaults, device="cpu", dtype=torch.float32):
+    `offload` ("model" | "sequential", from a Placement) keeps the pipeline's weights on the CPU
+    and lets diffusers' hooks bring them onto `device` as they run, instead of moving it there;
+    `device` stays the device the pipeline computes on (generators, embeddings). `lock`, when set
+    (NextGPT shares one per GPU between its offloaded decoders), is held around each pipeline call.
+    """
+
+    def __init__(self, modality: str, pipe, defaults, device="cpu", dtype=torch.float32, offload: str | None = None):
         self.modality = modality
-        self.pipe = pipe.to(device)  # dtype is set at load (from_pretrained(dtype=...))
+        # dtype is set at load (from_pretrained(dtype=...))
+        self.pipe = apply_offload(pipe, offload, str(device)) if offload else pipe.to(device)
         self.pipe.set_progress_bar_config(disable=True)
         self.defaults = defaults
         self.device = torch.device(device)
         self.dtype = dtype
+        self.offload = offload
+        self.lock: threading.Lock | None = None
         self.negative = self._encode_empty_prompt()
+        self._free_gpu()  # the text encoder the hooks brought in
 
     @classmethod
-    def from_pretrained(cls, modality: str, path: Path, defaults, device="cpu", dtype=torch.float32) -> "Decoder":
+    def from_pretrained(cls, modality: str, path: Path, defaults, device="cpu", dtype=torch.float32,
+                        offload: str | None = None) -> "Decoder":
+        """The pipeline loads on the CPU; then it moves to `device`, or is offloaded onto it."""
         kwargs = {"safety_checker": None, "requires_safety_checker": False} if modality == "image" else {}
         pipe = PIPELINE_OF[modality].from_pretrained(str(path), dtype=dtype, **kwargs)
-        return cls(modality, pipe, defaults, device, dtype)
+        return cls(modality, pipe, defaults, device, dtype, offload)
+
+    @contextlib.contextmanager
+    def _exclusive(self, should_stop: Callable[[], bool] | None):
+        """Hold `lock` (if any) for the pipeline call, and leave none of an offloaded pipeline's
+        weights on the GPU after it, also when it fails or is cancelled (AudioLDM never frees its
+        VAE and vocoder itself): the next decoder sharing the GPU gets the whole slot. A caller
+        stopped while it waits for the lock gives up."""
+        lock = self.lock
+        if lock is not None:
+            while not lock.acquire(timeout=0.05):
+                if should_stop is not None and should_stop():
+                    raise GenerationCancelled()
+        try:
+            yield
+        finally:
+            try:
+                self._free_gpu()
+            finally:
+                if lock is not None:
+                    lock.release()
+
+    def _free_gpu(self) -> None:
+        if self.offload == "model":  # back to the CPU, hooks re-armed (sequential offload keeps nothing)
+            self.pipe.maybe_free_model_hooks()
 
     @property
     def spatial_multiple(self) -> int:
@@ -168,6 +207,10 @@ class Decoder:
             generator=self._generators(seeds),
             **self._step_kwargs(params.num_inference_steps, on_step, should_stop),
         )
+        with self._exclusive(should_stop):
+            return self._run(params, common)
+
+    def _run(self, params, common: dict) -> list:
         if self.modality == "image":
             out = self.pipe(height=params.height, width=params.width, output_type="pil", **common)
             return list(out.images)

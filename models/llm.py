@@ -56,10 +56,19 @@ class LanguageModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, llm_dir: Path, tokenizer_dir: Path, media_dim: int, lora: LoraSettings,
-                        device="cpu", dtype=torch.float32) -> "LanguageModel":
+                        device="cpu", dtype=torch.float32, quantization_config=None) -> "LanguageModel":
+        """`quantization_config` (transformers' BitsAndBytesConfig, see placement.bnb_config): the
+        base's Linear layers are quantized as they load, straight onto `device` (a GPU); `dtype` is
+        then the compute dtype of everything bitsandbytes leaves alone (embeddings, lm_head)."""
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        base = LlamaForCausalLM.from_pretrained(str(llm_dir), dtype=dtype)
-        return cls.from_base(tokenizer, base, media_dim, lora).to(device=device, dtype=dtype).eval()
+        if quantization_config is None:
+            base = LlamaForCausalLM.from_pretrained(str(llm_dir), dtype=dtype)
+            return cls.from_base(tokenizer, base, media_dim, lora).to(device=device, dtype=dtype).eval()
+        base = LlamaForCausalLM.from_pretrained(str(llm_dir), dtype=dtype, quantization_config=quantization_config,
+                                                device_map={"": device})
+        model = cls.from_base(tokenizer, base, media_dim, lora)  # peft puts LoRA on the bitsandbytes layers
+        model.llama_proj.to(device=device, dtype=dtype)  # a quantized model refuses .to(dtype)
+        return model.eval()
 
     @classmethod
     def from_base(cls, tokenizer, base: LlamaForCausalLM, media_dim: int, lora: LoraSettings) -> "LanguageModel":

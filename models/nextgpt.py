@@ -6,6 +6,7 @@ output modality. `language()` and `decode()` are the two halves a scheduler may 
 """
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -14,47 +15,23 @@ import torch
 from torch import nn
 
 from .batching import BatchingDecoder
-from .checkpoint import CHECKPOINT_FILE, load_release_checkpoint
 from .config import ModelConfig
-from .decoders import PARAMS_OF, Decoder, DecoderLimits, ParameterError, merge_params, validate_params
+from .decoders import Decoder, DecoderLimits, ParameterError, merge_params, validate_params
 from .encoder import ImageBindEncoder
 from .generate import SamplingParams, feed_tokens, generate
-from .llm import LanguageModel, LoraSettings
-from .output_proj import OutputProjection, OutputProjectionConfig
+from .llm import LanguageModel
+from .loading import STAGES, build_projections, default_dtype, load_parts, quiet_loading  # noqa: F401 (re-exported)
+from .placement import Placement
 from .prompt import Turn, build_segments, splice_embeddings
 from .signals import MODALITIES, find_signal_run
 from .streaming import TextStream
 from .types import ChatResult, GeneratedVideo, LanguageOutput, Message, Usage
 
-STAGES = ("encoder", "llm", "image", "audio", "video")
-
-
-def default_dtype(device: str) -> torch.dtype:
-    return torch.float16 if str(device).startswith("cuda") else torch.float32
-
-
-def quiet_loading() -> None:
-    """Loading a model is one step for our callers: no per-file progress bars from the libraries."""
-    import diffusers
-    import transformers
-
-    diffusers.utils.logging.disable_progress_bar()
-    diffusers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-
-
-def build_projections(config: ModelConfig, hidden: int) -> nn.ModuleDict:
-    return nn.ModuleDict({
-        m: OutputProjection(OutputProjectionConfig(in_dim=hidden, **config.projections[m].model_dump()))
-        for m in MODALITIES
-    })
-
 
 class NextGPT:
     def __init__(self, config: ModelConfig, encoder: ImageBindEncoder, llm: LanguageModel,
                  projections: nn.ModuleDict, decoders: dict[str, Decoder],
-                 limits: DecoderLimits = DecoderLimits()):
+                 limits: DecoderLimits = DecoderLimits(), placement: Placement | None = None):
         self.config = config
         self.encoder = encoder
         self.llm = llm
@@ -62,6 +39,20 @@ class NextGPT:
         self.decoders = decoders
         self.limits = limits
         self.batchers: dict[str, BatchingDecoder] = {}
+        self.placement = placement
+        self.device_locks = self._share_offload_slots(placement)
+
+    def _share_offload_slots(self, placement: Placement | None) -> dict[str, threading.Lock]:
+        """One lock per GPU whose offloaded decoders share one slot (Placement.planned_bytes): each
+        such decoder holds its GPU's lock around its pipeline call, batched or not, so two of them
+        never load onto that GPU at once. Resident decoders take no lock."""
+        groups = placement.exclusive_groups() if placement is not None else {}
+        locks = {device: threading.Lock() for device in groups}
+        for device, stages in groups.items():
+            for stage in stages:
+                if stage in self.decoders:
+                    self.decoders[stage].lock = locks[device]
+        return locks
 
     def enable_batching(self, max_batch: int = 8) -> None:
         """Concurrent decode() calls with equal parameters then share one pipeline call."""
@@ -71,27 +62,12 @@ class NextGPT:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, devices: dict[str, str] | str = "cpu",
-                        limits: DecoderLimits = DecoderLimits()) -> "NextGPT":
-        """Load a whole model directory; `devices` maps a stage (see STAGES) to its device."""
-        path = Path(path)
-        config = ModelConfig.load(path)
-        quiet_loading()
-        place = {s: devices for s in STAGES} if isinstance(devices, str) else {s: devices.get(s, "cpu") for s in STAGES}
-        parts = config.components
-        encoder = ImageBindEncoder.from_pretrained(path / parts.encoder, place["encoder"], default_dtype(place["encoder"]))
-        lora = LoraSettings(r=config.lora.r, alpha=config.lora.alpha, dropout=config.lora.dropout)
-        llm = LanguageModel.from_pretrained(path / parts.llm, path / parts.nextgpt, config.media_dim, lora,
-                                            device="cpu", dtype=torch.float32)
-        projections = build_projections(config, llm.lm.config.hidden_size)
-        load_release_checkpoint(path / parts.nextgpt / CHECKPOINT_FILE, llm, dict(projections))
-        llm = llm.to(place["llm"], default_dtype(place["llm"])).eval()
-        decoders = {}
-        for m in MODALITIES:
-            if not (path / getattr(parts, m)).is_dir():  # fetched with --only: serve what is there
-                continue
-            defaults = PARAMS_OF[m](**config.decoder_defaults.get(m, {}))
-            decoders[m] = Decoder.from_pretrained(m, path / getattr(parts, m), defaults, place[m], default_dtype(place[m]))
-        return cls(config, encoder, llm, projections, decoders, limits)
+                        limits: DecoderLimits = DecoderLimits(), placement: Placement | None = None) -> "NextGPT":
+        """Load a whole model directory; `devices` maps a stage (see STAGES) to its device.
+        `placement` (models/placement.py) overrides `devices` and adds the LLM's quantization and
+        the decoders' CPU offload."""
+        p = load_parts(path, devices, placement)
+        return cls(p.config, p.encoder, p.llm, p.projections, p.decoders, limits, placement)
 
     # 1. encode and project media -------------------------------------------------------------
     def _turns(self, messages: list[Message]) -> tuple[list[Turn], int]:

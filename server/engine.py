@@ -23,12 +23,53 @@ def resolve_weights(spec: str) -> Path:
     return Path(resolve(spec))
 
 
+RELEASE_NAME = "nextgpt-7b-tiva-v0"
+RELEASE_HIDDEN_SIZE = 4096  # Vicuna-7B
+
+
+def is_release(path: Path) -> bool:
+    """The real release (or a model of its size): what the placement's memory estimates describe.
+    The tiny and nano presets are not: they keep the plain 'cuda'/'cpu' of devices 'auto'."""
+    import json
+
+    from models.config import ModelConfig
+
+    config = ModelConfig.load(path)
+    if config.name == RELEASE_NAME:
+        return True
+    llm_config = path / config.components.llm / "config.json"
+    try:
+        return json.loads(llm_config.read_text()).get("hidden_size") == RELEASE_HIDDEN_SIZE
+    except (OSError, ValueError):
+        return False
+
+
+def plan_for(settings: Settings) -> Any:
+    """The placement of the release's stages over the GPUs present, logged as a table."""
+    from models.placement import bitsandbytes_available, detect_gpus, plan_placement
+
+    placement = plan_placement(detect_gpus(), settings.gpu_budget, settings.quantize,
+                               can_quantize=bitsandbytes_available())
+    log.info("%s", placement.describe())
+    for warning in placement.warnings:
+        log.warning("%s", warning)
+    return placement
+
+
 def load_model(settings: Settings) -> Any:
     from models.nextgpt import NextGPT
 
     path = resolve_weights(settings.weights)
-    log.info("loading %s on %s", path, settings.device_map())
-    model = NextGPT.from_pretrained(path, devices=settings.device_map(), limits=settings.decoder_limits())
+    if settings.wants_placement() and is_release(path):
+        placement = plan_for(settings)
+        log.info("loading %s with the planned placement", path)
+        model = NextGPT.from_pretrained(path, placement=placement, limits=settings.decoder_limits())
+    else:
+        if settings.quantize:
+            log.warning("quantize=%s is ignored: it applies to the automatic placement of the real release "
+                        "(devices 'auto')", settings.quantize)
+        log.info("loading %s on %s", path, settings.device_map())
+        model = NextGPT.from_pretrained(path, devices=settings.device_map(), limits=settings.decoder_limits())
     if settings.decoder_max_batch > 1:
         model.enable_batching(settings.decoder_max_batch)
     return model

@@ -34,6 +34,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("nextgpt.server")
 DECODER_STAGES = ("image", "audio", "video")
+LLM_PRIORITY_MAX_WAIT_S = 30.0  # a decoder never waits longer than this for the LLM to finish
 
 
 # --------------------------------------------------------------------------- what runs
@@ -213,6 +214,11 @@ class Scheduler:
         self.stages = {"language": Stage("language", metrics)}
         for name in DECODER_STAGES:
             self.stages[name] = Stage(name, metrics, decoder_workers if name in batched else 1)
+        # Text first: a decoder sharing the LLM's device pauses between its steps while the LLM
+        # generates, so a request's first token never waits behind another request's drawing.
+        self.llm_idle = threading.Event()
+        self.llm_idle.set()
+        self.yields_to_llm = {m: str(d.device) == str(model.llm.device) for m, d in model.decoders.items()}
         self.active = 0
         self.mean_duration = 1.0  # seconds, moving average: sizes Retry-After
         self.jobs: set[Job] = set()
@@ -287,12 +293,18 @@ class Scheduler:
                 self.metrics.ttft.observe(time.monotonic() - job.admitted)
             job.emit(TextDelta(delta))
 
-        return self.model.language(turn.messages, modalities=turn.modalities, required=turn.required,
-                                   sampling=turn.sampling, on_text=on_text, should_stop=job.should_stop)
+        self.llm_idle.clear()
+        try:
+            return self.model.language(turn.messages, modalities=turn.modalities, required=turn.required,
+                                       sampling=turn.sampling, on_text=on_text, should_stop=job.should_stop)
+        finally:
+            self.llm_idle.set()
 
     def _decode(self, job: Job, turn: Turn, modality: str, condition: Any) -> Any:
         def on_step(step: int, total: int) -> None:
             job.emit(Progress(modality, step, total))
+            if self.yields_to_llm.get(modality):
+                self.llm_idle.wait(LLM_PRIORITY_MAX_WAIT_S)
 
         return self.model.decode(modality, condition, turn.params[modality], turn.sampling.seed,
                                  on_step, job.should_stop)

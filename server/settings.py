@@ -27,7 +27,12 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------
     weights: str = Field(DEFAULT_PRESET, description="preset name or model directory to serve")
     model_name: str | None = Field(None, description="model id clients send; default: the weights' own name")
-    devices: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', or JSON {stage: device}")
+    devices: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', or JSON {stage: device}; 'auto' "
+                         "with the real release plans a placement over the GPUs present (see gpu_budget, quantize)")
+    gpu_budget: float = Field(0.9, gt=0, le=1, description="fraction of each GPU's memory the automatic placement "
+                              "may plan for (devices 'auto', the real release only)")
+    quantize: str | None = Field(None, description="'int8' or 'int4': force the LLM's weights to this bitsandbytes "
+                                 "format in the automatic placement; default: the placement decides")
     warmup: bool = Field(True, description="run one small request through every stage before /ready")
     # --- network -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="address to bind")
@@ -82,6 +87,18 @@ class Settings(BaseSettings):
             return [v.strip() for v in text.split(",") if v.strip()]
         return value
 
+    @field_validator("quantize", mode="before")
+    @classmethod
+    def _quantize_format(cls, value: Any) -> Any:
+        from models.placement import QUANT_ALIASES
+
+        if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "fp16")):
+            return None
+        key = str(value).strip().lower()
+        if key not in QUANT_ALIASES:
+            raise ValueError(f"unknown quantize {value!r}: use int8 or int4 (or leave it unset)")
+        return QUANT_ALIASES[key]
+
     @field_validator("default_modalities")
     @classmethod
     def _known_modalities(cls, value: list[str]) -> list[str]:
@@ -100,6 +117,10 @@ class Settings(BaseSettings):
         return DecoderLimits(max_steps=self.max_decoder_steps, max_guidance=self.max_guidance_scale,
                              max_side=self.max_image_side, max_audio_seconds=self.max_output_audio_seconds,
                              max_frames=self.max_output_frames)
+
+    def wants_placement(self) -> bool:
+        """devices 'auto': a model the size of the real release gets a planned placement."""
+        return self.devices.strip() == "auto"
 
     def device_map(self) -> str | dict[str, str]:
         text = self.devices.strip()

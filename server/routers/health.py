@@ -1,4 +1,5 @@
-"""GET /health (alive), /ready (loaded and warm: 503 before), /metrics (Prometheus), / (demo)."""
+"""GET /health (alive; with the placement plan when one was made), /ready (loaded and warm: 503
+before), /metrics (Prometheus), / (demo)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,7 +19,11 @@ async def health(request: Request) -> JSONResponse:
     host = request.app.state.host
     if host.state == "failed":
         return APIError(503, f"the model failed to load: {host.error}", code="load_failed").response()
-    return JSONResponse({"status": "ok" if host.ready else "loading"})
+    body = {"status": "ok" if host.ready else "loading"}
+    placement = getattr(host.model, "placement", None)  # the plan of an automatically placed release
+    if placement is not None:
+        body["placement"] = placement.as_dict()
+    return JSONResponse(body)
 
 
 @router.get("/ready")
