@@ -120,7 +120,10 @@ class BatchingDecoder:
             if not job.future.done():
                 job.future.set_result(out)
 
-    def close(self) -> None:
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking work; wait (bounded) for the batch in progress, if any, to end."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
+        if self._worker.is_alive():
+            self._worker.join(timeout)

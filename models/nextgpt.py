@@ -60,6 +60,12 @@ class NextGPT:
             if modality not in self.batchers:
                 self.batchers[modality] = BatchingDecoder(decoder, max_batch)
 
+    def close(self) -> None:
+        """End the batching workers (their threads must not outlive the model at exit)."""
+        for batcher in self.batchers.values():
+            batcher.close()
+        self.batchers.clear()
+
     @classmethod
     def from_pretrained(cls, path: str | Path, devices: dict[str, str] | str = "cpu",
                         limits: DecoderLimits = DecoderLimits(), placement: Placement | None = None) -> "NextGPT":

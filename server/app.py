@@ -85,6 +85,8 @@ def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
             scheduler = getattr(app.state, "scheduler", None)
             if scheduler is not None:
                 scheduler.shutdown()
+            if app.state.host.model is not None:
+                await asyncio.to_thread(app.state.host.model.close)  # batching workers end with the app
             app.state.files.close()
 
     app = FastAPI(title="NExT-GPT server", version="0.1.0", lifespan=lifespan,

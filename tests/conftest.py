@@ -29,4 +29,7 @@ def tiny_dir():
 def tiny_model(tiny_dir):
     from models.nextgpt import NextGPT
 
-    return NextGPT.from_pretrained(tiny_dir)
+    model = NextGPT.from_pretrained(tiny_dir)
+    yield model
+    model.close()
+
