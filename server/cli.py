@@ -49,7 +49,7 @@ def serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
-                ws_max_size=settings.max_body_bytes, timeout_graceful_shutdown=10)
+                ws_max_size=settings.max_body_bytes, timeout_graceful_shutdown=settings.shutdown_timeout_s)
     return 0
 
 

@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     queue_size: int = Field(32, ge=1, description="requests admitted at once (running or waiting); more get 429")
     request_deadline_s: float = Field(600.0, gt=0, description="a request still running after this gets 504")
     retry_after_s: int = Field(1, ge=1, description="minimum Retry-After of a 429")
+    shutdown_timeout_s: float = Field(30.0, ge=0, description="on SIGTERM, in-flight requests get this long to "
+                                      "finish before they are cancelled (keep it under the orchestrator's grace period)")
     decoder_max_batch: int = Field(8, ge=1, description="concurrent requests' decoder calls with equal "
                                    "parameters share one pipeline call, up to this many; 1 turns batching off")
     # --- generated files -----------------------------------------------------------------------
