@@ -17,6 +17,7 @@ SUBCOMMANDS = (
     "server.cli_chat",  # chat: a terminal client (the lead's)
     "weights.cli",  # weights: fetch, convert, verify, list, build-tiny
     "server.bench.cli",  # bench: our way against the stock way
+    "weights.nano.eval",  # eval nano: the nano model's meaning, measured
 )
 
 

@@ -184,6 +184,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("build-tiny", help="(re)build the tiny preset")
     p.add_argument("--dir", help="where (default: weights/tiny)")
     p.set_defaults(func=cmd_build_tiny)
+    from .nano.cli import register as register_train_nano  # `weights train-nano`
+
+    register_train_nano(sub)
     return parser
 
 

@@ -98,3 +98,39 @@ def test_eval_judges_words_strictly():
     assert judge_answer("It is blue.", {"colour": "blue"})
     assert not judge_answer("It is blue and red.", {"colour": "blue"})
     assert judge_answer("I see a green triangle moving up.", {"colour": "green", "shape": "triangle", "direction": "up"})
+
+
+def test_a_killed_stage_resumes_where_it_stopped_with_the_same_result(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from weights.nano import common, decoders
+    from weights.nano.common import Context
+    from weights.nano.config import Budget
+
+    budget = Budget().scaled(0.0)
+    budget.steps["vocoder"], budget.batch["vocoder"] = 6, 2
+
+    def run(work, fail_at=None):
+        ctx = Context(work=work, seed=3, budget=budget, log=lambda s: None)
+        real_loop = common.train_loop
+
+        def loop(stage, ctx, params, step_fn, *a, **kw):
+            def step(i):
+                if fail_at is not None and i == fail_at:
+                    raise KeyboardInterrupt("killed")
+                return step_fn(i)
+            return real_loop(stage, ctx, params, step, *a, **kw)
+
+        monkeypatch.setattr(decoders, "train_loop", loop)
+        return decoders.stage_vocoder(ctx)
+
+    monkeypatch.setattr(common, "CHECKPOINT_EVERY_S", 0.0)  # a checkpoint after every step
+    run(tmp_path / "a")
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b", fail_at=4)
+    assert (tmp_path / "b" / "vocoder" / common.CHECKPOINT).is_file()
+    run(tmp_path / "b")
+    a = load_file(str(tmp_path / "a" / "vocoder" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "vocoder" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not (tmp_path / "b" / "vocoder" / common.CHECKPOINT).exists()

@@ -32,6 +32,10 @@ def _pipeline_fp16(src: Path, dst: Path, kind: str) -> None:
     cls = {"image": StableDiffusionPipeline, "audio": AudioLDMPipeline, "video": TextToVideoSDPipeline}[kind]
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if kind == "image" else {}
     pipe = cls.from_pretrained(str(src), **kwargs)
+    if kind == "audio":  # the vocoder stage may have been re-run after the audio UNet's
+        from transformers import SpeechT5HifiGan
+
+        pipe.vocoder = SpeechT5HifiGan.from_pretrained(str(src.parent / "vocoder")).eval()
     pipe.to(torch.float16).save_pretrained(str(dst))
 
 

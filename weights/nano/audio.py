@@ -2,9 +2,13 @@
 vocoder's training losses.
 
 A plain HiFi-GAN generator trained on a waveform loss alone learns to output near-silence (the
-phase of a tone is unpredictable, so the mean is zero). Losses on spectral magnitudes are blind to
-phase: mel L1 plus a multi-resolution STFT loss (spectral convergence + log magnitude) teach the
-stock `SpeechT5HifiGan` to put energy at the right frequencies without a discriminator.
+phase of a tone is unpredictable, so the mean is zero). A multi-resolution STFT loss (spectral
+convergence + L1 of log magnitudes) is blind to phase, but its log term, taken down to the usual
+1e-5 floor, is dominated by the many empty bins of a tone's spectrum and again teaches the
+generator to be quiet. Flooring the log magnitudes at 0.01 (about -70 dB below a tone's peak)
+makes the loss about the partials that are there; an L1 term on the frame loudness (also blind
+to phase) brings the level up quickly. With these the stock `SpeechT5HifiGan` learns to play the
+tones at their pitch without a discriminator.
 """
 from __future__ import annotations
 
@@ -57,20 +61,27 @@ def log_mel(wave: torch.Tensor, n_fft: int = config.N_FFT, hop: int = config.HOP
     return (mel - MEL_MEAN) / MEL_STD if normalise else mel
 
 
-def stft_loss(fake: torch.Tensor, real: torch.Tensor, sizes=(256, 512, 1024)) -> torch.Tensor:
-    """Multi-resolution STFT loss: spectral convergence + L1 of log magnitudes."""
+def stft_loss(fake: torch.Tensor, real: torch.Tensor, sizes=(256, 512, 1024), floor: float = 0.01) -> torch.Tensor:
+    """Multi-resolution STFT loss: spectral convergence + L1 of log magnitudes floored at `floor`."""
     total = 0.0
     for n in sizes:
         win = torch.hann_window(n, device=fake.device)
-        sf = torch.stft(fake, n, n // 4, window=win, return_complex=True).abs().clamp_min(1e-6)
-        sr = torch.stft(real, n, n // 4, window=win, return_complex=True).abs().clamp_min(1e-6)
+        sf = torch.stft(fake, n, n // 4, window=win, return_complex=True).abs()
+        sr = torch.stft(real, n, n // 4, window=win, return_complex=True).abs()
         sc = torch.linalg.norm(sr - sf, dim=(1, 2)) / torch.linalg.norm(sr, dim=(1, 2)).clamp_min(1e-6)
-        total = total + sc.mean() + F.l1_loss(sf.log(), sr.log())
+        total = total + sc.mean() + F.l1_loss(sf.clamp_min(floor).log(), sr.clamp_min(floor).log())
     return total / len(sizes)
 
 
+def envelope_loss(fake: torch.Tensor, real: torch.Tensor, frame: int = config.HOP) -> torch.Tensor:
+    """L1 between the frame-by-frame RMS loudness of two waveforms, relative to the real level."""
+    ef = fake.unfold(1, frame, frame).pow(2).mean(-1).sqrt()
+    er = real.unfold(1, frame, frame).pow(2).mean(-1).sqrt()
+    return F.l1_loss(ef, er) / er.mean().clamp_min(1e-6)
+
+
 def vocoder_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    return stft_loss(fake, real) + F.l1_loss(log_mel(fake), log_mel(real))
+    return stft_loss(fake, real) + envelope_loss(fake, real)
 
 
 def spectral_peak(wave: np.ndarray, sr: int = SAMPLE_RATE) -> float:

@@ -98,19 +98,62 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 50, floor: float = 0
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_EVERY_S = 180.0
+
+
+def _save_checkpoint(path: Path, step: int, smooth, elapsed: float, modules: dict, opt, ema, rng) -> None:
+    state = {
+        "step": step, "smooth": smooth, "elapsed": elapsed, "optimizer": opt.state_dict(),
+        "modules": {k: m.state_dict() for k, m in modules.items()},
+        "ema": [e.shadow for e in ema or []], "ema_updates": [e.updates for e in ema or []],
+        "rng": rng.getstate() if rng is not None else None, "torch_rng": torch.get_rng_state(),
+        "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-save leaves the previous checkpoint
+
+
+def _load_checkpoint(path: Path, modules: dict, opt, ema, rng) -> tuple[int, float | None, float]:
+    state = torch.load(path, weights_only=False)
+    for k, m in modules.items():
+        m.load_state_dict(state["modules"][k])
+    opt.load_state_dict(state["optimizer"])
+    for e, shadow, updates in zip(ema or [], state["ema"], state["ema_updates"]):
+        e.shadow, e.updates = shadow, updates
+    if rng is not None:
+        rng.setstate(state["rng"])
+    torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    return state["step"], state["smooth"], state["elapsed"]
+
+
 def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[int], dict],
                lr: float, ema: list[EMA] | None = None, clip: float = 1.0, weight_decay: float = 0.0,
-               param_groups: list[dict] | None = None) -> dict:
-    """Run `ctx.steps(stage)` optimiser steps; `step_fn(i)` returns {'loss': tensor, ...}."""
+               param_groups: list[dict] | None = None, betas: tuple[float, float] = (0.9, 0.99),
+               modules: dict[str, torch.nn.Module] | None = None, rng: random.Random | None = None) -> dict:
+    """Run `ctx.steps(stage)` optimiser steps; `step_fn(i)` returns {'loss': tensor, ...}.
+
+    Every few minutes the trained `modules`, the optimiser, the EMAs and every random state (the
+    stage's data `rng` included) go to `<stage>/checkpoint.pt`; a killed stage resumes there and
+    continues exactly as if it had not stopped.
+    """
     params = [p for p in params if p.requires_grad] if param_groups is None else None
     groups = param_groups or [{"params": params}]
     for g in groups:
         g.setdefault("lr_scale", 1.0)
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.99))
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
     total = ctx.steps(stage)
-    t0 = time.time()
-    smooth = None
-    bar = tqdm(range(total), desc=stage, dynamic_ncols=True, mininterval=5.0)
+    smooth, start, before = None, 0, 0.0
+    ckpt = ctx.dir(stage) / CHECKPOINT
+    if modules is not None and ckpt.is_file():
+        start, smooth, before = _load_checkpoint(ckpt, modules, opt, ema, rng)
+        ctx.log(f"[{stage}] resumed at step {start}/{total}")
+    t0 = time.time() - before
+    last_save = time.time()
+    bar = tqdm(range(start, total), desc=stage, dynamic_ncols=True, mininterval=5.0, initial=start, total=total)
     for i in bar:
         for g in opt.param_groups:
             g["lr"] = lr_at(i, total, lr, warmup=min(100, total // 10 + 1)) * g["lr_scale"]
@@ -130,4 +173,8 @@ def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[in
             bar.set_postfix(loss=f"{smooth:.4f}", **extra)
         if i % 200 == 0 or i == total - 1:
             ctx.log(f"[{stage}] step {i + 1}/{total} loss {smooth:.4f} {time.time() - t0:.0f}s")
+        if modules is not None and time.time() - last_save > CHECKPOINT_EVERY_S and i + 1 < total:
+            _save_checkpoint(ckpt, i + 1, smooth, time.time() - t0, modules, opt, ema, rng)
+            last_save = time.time()
+    ckpt.unlink(missing_ok=True)
     return {"steps": total, "final_loss": smooth, "seconds": round(time.time() - t0, 1)}

@@ -38,10 +38,12 @@ AUDIO_VAE_BLOCKS = (32, 64)
 
 # audio features: what the AudioLDM VAE reads and the vocoder inverts
 N_MELS = 32
-HOP = 256  # = the vocoder's total upsampling (4*4*4*4)
+HOP = 256  # = the vocoder's total upsampling
 N_FFT = 1024
-VOCODER = dict(upsample_initial_channel=128, upsample_rates=[4, 4, 4, 4], upsample_kernel_sizes=[8, 8, 8, 8],
-               resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]])
+# One upsampling layer of stride HOP and kernel 2*HOP: each mel frame adds learned 32-ms grains,
+# overlapped by half (a multi-layer HiFi-GAN stack learns high tones far too slowly here).
+VOCODER = dict(upsample_initial_channel=64, upsample_rates=[HOP], upsample_kernel_sizes=[2 * HOP],
+               resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])
 
 DECODER_DEFAULTS = {  # nano's defaults: small and quick on a CPU
     "image": {"num_inference_steps": 20, "guidance_scale": 4.0, "height": 32, "width": 32},
@@ -55,8 +57,8 @@ class Budget:
     """Optimiser steps and batch size per stage (full quality)."""
 
     steps: dict[str, int] = field(default_factory=lambda: {
-        "image_vae": 800, "image_unet": 2000, "vocoder": 1500, "audio_vae": 600, "audio_unet": 1600,
-        "video_unet": 500, "imagebind": 2000, "llm": 1500, "align_input": 600, "align_output": 800,
+        "image_vae": 800, "image_unet": 1200, "vocoder": 800, "audio_vae": 400, "audio_unet": 1000,
+        "video_unet": 300, "imagebind": 1200, "llm": 1500, "align_input": 600, "align_output": 800,
         "instruct": 2500,
     })
     batch: dict[str, int] = field(default_factory=lambda: {

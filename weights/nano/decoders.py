@@ -105,7 +105,7 @@ def _train_vae(ctx: Context, stage: str, vae: AutoencoderKL, batch_fn) -> dict:
         kl = post.kl().mean() / x[0].numel()
         return {"loss": mse + 0.5 * F.l1_loss(rec, x) + 1e-3 * kl, "mse": mse}
 
-    info = train_loop(stage, ctx, vae.parameters(), step, lr=1e-3)
+    info = train_loop(stage, ctx, vae.parameters(), step, lr=1e-3, modules={"vae": vae}, rng=rng)
     vae.eval()
     with torch.no_grad():  # scale latents to unit variance, as Stable Diffusion's 0.18215 does
         z = torch.cat([vae.encode(batch_fn(rng)).latent_dist.mean for _ in range(8)])
@@ -169,7 +169,8 @@ def stage_image_unet(ctx: Context) -> dict:
         cond = clip_encode(tokenizer, text, drop_captions(rng, captions))
         return {"loss": _diffusion_step(unet, z, sched, encoder_hidden_states=cond)}
 
-    info = train_loop(stage, ctx, list(unet.parameters()) + list(text.parameters()), step, lr=5e-4, ema=emas)
+    info = train_loop(stage, ctx, list(unet.parameters()) + list(text.parameters()), step, lr=5e-4, ema=emas,
+                      modules={"unet": unet, "text": text}, rng=rng)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer, unet=emas[0].copy_to().eval(),
         scheduler=sampler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -200,14 +201,16 @@ def stage_vocoder(ctx: Context) -> dict:
         m = m + 0.05 * torch.randn_like(m)  # decoded mels are never exact
         return {"loss": audio.vocoder_loss(voc(m), w)}
 
-    info = train_loop(stage, ctx, voc.parameters(), step, lr=1e-3)
+    info = train_loop(stage, ctx, voc.parameters(), step, lr=3e-3, betas=(0.8, 0.99), modules={"vocoder": voc}, rng=rng)
     voc.eval().save_pretrained(str(ctx.dir(stage)))
-    with torch.no_grad():  # how well it plays whole tones: pitch class of the spectral peak
-        waves, _ = tone_batch(rng, 16)
+    with torch.no_grad():  # how well it plays whole tones: pitch class of the spectral peak, loudness
+        rng = ctx.rng(stage, 1)
+        tones = [world.random_tone(rng, world.tone_pairs()) for _ in range(24)]
+        waves = torch.from_numpy(np.stack([t.wave() for t in tones]))
         out = voc(audio.log_mel(waves)).numpy()
-        ok = sum(world.pitch_of(audio.spectral_peak(o)) == world.pitch_of(audio.spectral_peak(w.numpy()))
-                 for o, w in zip(out, waves))
-    return {**info, "pitch_match": ok / 16, "rms": float(np.mean([audio.rms(o) for o in out]))}
+        ok = sum(world.pitch_of(audio.spectral_peak(o)) == t.pitch for o, t in zip(out, tones))
+        loudness = np.mean([audio.rms(o) / audio.rms(w) for o, w in zip(out, waves.numpy())])
+    return {**info, "pitch_match": ok / len(tones), "rms_ratio": float(loudness)}
 
 
 def audio_unet() -> UNet2DConditionModel:
@@ -238,10 +241,17 @@ def stage_audio_unet(ctx: Context) -> dict:
         waves, captions = tone_batch(rng, n, drop_timbre=0.3)
         with torch.no_grad():
             z = vae.encode(audio.log_mel(waves).unsqueeze(1)).latent_dist.sample() * sf
-        cond = clap_encode(tokenizer, text, drop_captions(rng, captions))
-        return {"loss": _diffusion_step(unet, z, sched, encoder_hidden_states=None, class_labels=cond)}
+        captions = drop_captions(rng, captions)
+        cond = clap_encode(tokenizer, text, captions)
+        diffusion = _diffusion_step(unet, z, sched, encoder_hidden_states=None, class_labels=cond)
+        # CLAP's pooled, projected, L2-normalised embedding collapses (every caption at cosine 0.999)
+        # when only the UNet's loss shapes it; a uniformity term keeps different captions apart
+        unique = clap_encode(tokenizer, text, sorted(set(captions) | {""}))
+        spread = torch.pdist(unique).pow(2).mul(-2).exp().mean().log()
+        return {"loss": diffusion + 0.1 * spread, "diffusion": diffusion.detach(), "spread": spread.detach()}
 
-    info = train_loop(stage, ctx, list(unet.parameters()) + list(text.parameters()), step, lr=5e-4, ema=emas)
+    info = train_loop(stage, ctx, list(unet.parameters()) + list(text.parameters()), step, lr=5e-4, ema=emas,
+                      modules={"unet": unet, "text": text}, rng=rng)
     vocoder = SpeechT5HifiGan.from_pretrained(str(ctx.work / "vocoder")).eval()
     pipe = AudioLDMPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
                             unet=emas[0].copy_to().eval(), scheduler=sampler(), vocoder=vocoder)
@@ -258,7 +268,9 @@ def video_unet_from(image: UNet2DConditionModel) -> UNet3DConditionModel:
         block_out_channels=ch, layers_per_block=1, sample_size=world.IMAGE_SIZE // 2, in_channels=4, out_channels=4,
         down_block_types=("DownBlock3D",) + ("CrossAttnDownBlock3D",) * (len(ch) - 1),
         up_block_types=("CrossAttnUpBlock3D",) * (len(ch) - 1) + ("UpBlock3D",),
-        cross_attention_dim=config.CONDITION_DIM, attention_head_dim=8, norm_num_groups=16)
+        # UNet3D reads attention_head_dim as the width of a head, UNet2D as the number of heads:
+        # 96 channels / 12 = the image UNet's 8 heads
+        cross_attention_dim=config.CONDITION_DIM, attention_head_dim=ch[-1] // 8, norm_num_groups=16)
     spatial = image.state_dict()
     own = unet.state_dict()
     copied = {k: v for k, v in spatial.items() if k in own and own[k].shape == v.shape}
@@ -268,7 +280,7 @@ def video_unet_from(image: UNet2DConditionModel) -> UNet3DConditionModel:
     unet.load_state_dict(copied, strict=False)
     with torch.no_grad():  # temporal attention outputs start at zero (temporal convs already do)
         for name, module in unet.named_modules():
-            if ("temp_attentions" in name or name == "transformer_in") and name.endswith("proj_out"):
+            if ("temp_attentions" in name or name.startswith("transformer_in")) and name.endswith("proj_out"):
                 module.weight.zero_()
                 module.bias.zero_()
     return unet
@@ -300,7 +312,8 @@ def stage_video_unet(ctx: Context) -> dict:
         return {"loss": _diffusion_step(unet, z, sched, encoder_hidden_states=cond)}
 
     groups = [{"params": temporal, "lr_scale": 1.0}, {"params": spatial, "lr_scale": 0.3}]
-    info = train_loop(stage, ctx, None, step, lr=1e-3, ema=emas, param_groups=groups)
+    info = train_loop(stage, ctx, None, step, lr=1e-3, ema=emas, param_groups=groups,
+                      modules={"unet": unet, "text": text}, rng=rng)
     pipe = TextToVideoSDPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
                                  unet=emas[0].copy_to().eval(), scheduler=sampler())
     pipe.save_pretrained(str(ctx.dir("video_decoder")))

@@ -25,11 +25,14 @@ from . import config, world
 from .common import Context, train_loop
 
 STAGE = "imagebind"
+UNNAMED = 0.3  # share of shapes and videos drawn in paints no caption names
 
 
 # ----------------------------------------------------------------------------------- captions as attribute sets
 
 def image_captions(s: world.ShapeSample, rng: random.Random) -> tuple[str, frozenset]:
+    if s.colour not in world.COLOURS:  # an unnamed paint: only the shape is said
+        return f"a {s.shape}", frozenset({s.shape})
     r = rng.random()
     if r < 0.7:
         return s.caption, frozenset({s.colour, s.shape})
@@ -39,6 +42,10 @@ def image_captions(s: world.ShapeSample, rng: random.Random) -> tuple[str, froze
 
 
 def video_captions(v: world.VideoSample, rng: random.Random) -> tuple[str, frozenset]:
+    if v.colour not in world.COLOURS:
+        if rng.random() < 0.5:
+            return f"something moving {v.direction}", frozenset({v.direction})
+        return f"a {v.shape} moving {v.direction}", frozenset({v.shape, v.direction})
     r = rng.random()
     if r < 0.6:
         return v.caption, frozenset({v.colour, v.shape, v.direction})
@@ -85,7 +92,7 @@ def random_video_view(rng: random.Random, pairs) -> tuple[world.VideoSample, np.
 
 
 def tone_seconds(rng: random.Random) -> float:
-    return world.AUDIO_SECONDS if rng.random() < 0.5 else rng.uniform(0.8, 3.0)
+    return world.AUDIO_SECONDS if rng.random() < 0.5 else rng.uniform(0.8, 2.5)
 
 
 # ----------------------------------------------------------------------------------- model
@@ -129,9 +136,11 @@ def stage_imagebind(ctx: Context) -> dict:
     n = ctx.batch(STAGE)
     pairs, tones = world.shape_pairs(), world.tone_pairs()
 
+    unnamed = world.unnamed_pairs()
+
     def step(i):
-        shapes = [world.random_shape(rng, pairs) for _ in range(n)]
-        videos = [random_video_view(rng, pairs) for _ in range(n // 2)]
+        shapes = [world.random_shape(rng, unnamed if rng.random() < UNNAMED else pairs) for _ in range(n)]
+        videos = [random_video_view(rng, unnamed if rng.random() < UNNAMED else pairs) for _ in range(n)]
         sounds = [world.random_tone(rng, tones, seconds=tone_seconds(rng)) for _ in range(n)]
         items = shapes + [v for v, _ in videos] + sounds
         caps = ([image_captions(s, rng) for s in shapes] + [video_captions(v, rng) for v, _ in videos]
@@ -155,7 +164,10 @@ def stage_imagebind(ctx: Context) -> dict:
                 + _contrast(media[split:], txt, own[split:], pos[split:], scale))
         return {"loss": loss, "scale": scale.detach()}
 
-    info = train_loop(STAGE, ctx, trained + [log_scale], step, lr=1e-3, weight_decay=0.05)
+    holder = torch.nn.Module()
+    holder.log_scale = log_scale
+    info = train_loop(STAGE, ctx, trained + [log_scale], step, lr=1e-3, weight_decay=0.05,
+                      modules={"model": model, "scale": holder}, rng=rng)
     model.eval()
     out = ctx.dir(STAGE)
     state = model.state_dict()
@@ -193,7 +205,46 @@ def zero_shot(model, tok, rng: random.Random, n: int = 48) -> dict:
     best = (emb @ text.T).argmax(1).tolist()
     res["zs_audio_pitch"] = float(np.mean([tone_caps[b][0] == t.pitch for b, t in zip(best, tones)]))
     res["zs_audio_timbre"] = float(np.mean([tone_caps[b][1] == t.timbre for b, t in zip(best, tones)]))
+    res.update(probes(model, rng))
     return res
+
+
+@torch.no_grad()
+def probes(model, rng: random.Random, n: int = 240) -> dict:
+    """Linear probes fitted on training combinations, scored on held-out ones: is shape (and
+    direction) readable from the embedding whatever the colour?"""
+    def embed(kind, samples):
+        if kind == "image":
+            x = torch.stack([preprocess.image_to_tensor(world.encoder_view(s, rng)) for s in samples])
+        else:
+            x = torch.stack([video_clip_tensor(v.frames(size=64)) for v in samples]).unsqueeze(1)
+        return F.normalize(model({"vision": x})["vision"], dim=-1)
+
+    def fit(xtr, ytr, xte, yte, classes):
+        with torch.enable_grad():
+            w = torch.zeros(xtr.shape[1], len(classes), requires_grad=True)
+            opt = torch.optim.Adam([w], 0.05)
+            yt = torch.tensor([classes.index(v) for v in ytr])
+            for _ in range(300):
+                loss = F.cross_entropy(10 * xtr @ w, yt)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        ye = torch.tensor([classes.index(v) for v in yte])
+        return float(((xte @ w).argmax(1) == ye).float().mean())
+
+    held = sorted(world.HELD_OUT_SHAPES)
+    tr = [world.random_shape(rng, world.shape_pairs()) for _ in range(n)]
+    te = [world.random_shape(rng, held) for _ in range(n // 3)]
+    a, b = embed("image", tr), embed("image", te)
+    out = {"probe_image_shape": fit(a, [s.shape for s in tr], b, [s.shape for s in te], list(world.SHAPES)),
+           "probe_image_colour": fit(a, [s.colour for s in tr], b, [s.colour for s in te], list(world.COLOURS))}
+    trv = [world.random_video(rng, world.shape_pairs()) for _ in range(n)]
+    tev = [world.random_video(rng, held) for _ in range(n // 3)]
+    a, b = embed("video", trv), embed("video", tev)
+    out["probe_video_direction"] = fit(a, [v.direction for v in trv], b, [v.direction for v in tev], list(world.DIRECTIONS))
+    out["probe_video_shape"] = fit(a, [v.shape for v in trv], b, [v.shape for v in tev], list(world.SHAPES))
+    return out
 
 
 def load_full(work: Path) -> torch.nn.Module:

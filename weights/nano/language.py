@@ -17,6 +17,7 @@ the next stage loads with the release loader and `assemble` writes out as fp16.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import random
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from models.checkpoint import load_release_checkpoint, release_targets
-from models.encoder import ImageBindEncoder
+from models.encoder import WEIGHTS_FILE, ImageBindEncoder
 from models.llm import LanguageModel, LoraSettings
 from models.media import VideoClip
 from models.nextgpt import build_projections
@@ -69,7 +70,7 @@ def stage_llm(ctx: Context) -> dict:
         labels = x.masked_fill(mask == 0, -100)
         return {"loss": model(input_ids=x, attention_mask=mask, labels=labels).loss}
 
-    info = train_loop(stage, ctx, model.parameters(), step, lr=2e-3, weight_decay=0.01)
+    info = train_loop(stage, ctx, model.parameters(), step, lr=2e-3, weight_decay=0.01, modules={"model": model}, rng=rng)
     model.eval().save_pretrained(str(ctx.dir(stage)))
     return info
 
@@ -99,9 +100,10 @@ def build_bank(ctx: Context) -> Bank:
     pairs, tones = world.shape_pairs(), world.tone_pairs()
     scale = min(1.0, ctx.steps("instruct") / Budget().steps["instruct"])  # quick runs: a small bank
     sizes = {m: max(48, int(n * scale)) for m, n in BANK_SIZES.items()}
-    if (path / "bank.safetensors").is_file():
+    encoder_id = hashlib.sha256((ctx.work / "imagebind" / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
+    meta = json.loads((path / "bank.json").read_text()) if (path / "bank.json").is_file() else {}
+    if meta.pop("encoder", None) == encoder_id and (path / "bank.safetensors").is_file():
         embeds = load_file(str(path / "bank.safetensors"))
-        meta = json.loads((path / "bank.json").read_text())
         kinds = {"image": world.ShapeSample, "video": world.VideoSample, "audio": world.ToneSample}
         items = {m: [kinds[m](**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}) for d in meta[m]]
                  for m in meta}
@@ -122,7 +124,8 @@ def build_bank(ctx: Context) -> Bank:
                 rows.append(enc.model({tower: x})[tower])
             embeds[m] = torch.cat(rows).contiguous()
         save_file(embeds, str(path / "bank.safetensors"))
-        (path / "bank.json").write_text(json.dumps({m: [s.__dict__ for s in items[m]] for m in items}))
+        meta = {m: [s.__dict__ for s in items[m]] for m in items}
+        (path / "bank.json").write_text(json.dumps({**meta, "encoder": encoder_id}))
     index = {m: {s: k for k, s in enumerate(items[m])} for m in items}
     return Bank(items, embeds, index)
 
@@ -318,7 +321,8 @@ def stage_align_input(ctx: Context) -> dict:
         loss, _ = batcher.forward([batcher.example(describe(rng, d)) for _ in range(n)])
         return {"loss": loss}
 
-    info = train_loop(stage, ctx, llm.llama_proj.parameters(), step, lr=2e-3)
+    info = train_loop(stage, ctx, llm.llama_proj.parameters(), step, lr=2e-3,
+                      modules={"llm": llm, "projections": projections}, rng=rng)
     save_language(ctx, stage, llm, projections)
     return info
 
@@ -349,7 +353,8 @@ def stage_align_output(ctx: Context) -> dict:
         return {"loss": lm_loss + mse, "lm": lm_loss.detach(), "mse": mse.detach()}
 
     groups = [{"params": list(projections.parameters()), "lr_scale": 1.0}, {"params": _lm_rows(llm), "lr_scale": 0.5}]
-    info = train_loop(stage, ctx, None, step, lr=1e-3, param_groups=groups)
+    info = train_loop(stage, ctx, None, step, lr=1e-3, param_groups=groups,
+                      modules={"llm": llm, "projections": projections}, rng=rng)
     save_language(ctx, stage, llm, projections)
     return info
 
@@ -379,6 +384,7 @@ def stage_instruct(ctx: Context) -> dict:
     groups = [{"params": lora, "lr_scale": 1.0},
               {"params": list(llm.llama_proj.parameters()) + list(projections.parameters()), "lr_scale": 0.5},
               {"params": _lm_rows(llm), "lr_scale": 0.3}]
-    info = train_loop(stage, ctx, None, step, lr=2e-3, param_groups=groups)
+    info = train_loop(stage, ctx, None, step, lr=2e-3, param_groups=groups,
+                      modules={"llm": llm, "projections": projections}, rng=rng)
     save_language(ctx, stage, llm, projections)
     return info

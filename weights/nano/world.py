@@ -23,6 +23,13 @@ COLOURS = {  # name -> RGB on a white background
     "purple": (140, 55, 190),
     "orange": (245, 135, 25),
 }
+# Paints no caption ever names: the encoder sees shapes and motions in them so that its shape and
+# direction features cannot lean on colour (the held-out colour/shape pairs depend on that).
+UNNAMED_PAINTS = {
+    "gray": (128, 128, 128), "brown": (130, 85, 40), "pink": (240, 120, 180), "teal": (0, 150, 150),
+    "black": (25, 25, 25), "olive": (120, 120, 0), "navy": (20, 30, 110), "lime": (150, 230, 60),
+}
+PAINTS = {**COLOURS, **UNNAMED_PAINTS}
 SHAPES = ("circle", "square", "triangle")
 # The fraction of its bounding box each shape fills: how the eval tells shapes apart.
 FILL_RATIO = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
@@ -74,7 +81,7 @@ def _shape_points(shape: str, cx: float, cy: float, half: float):
 def draw_shape(img: Image.Image, shape: str, colour: str, cx: float, cy: float, half: float, scale: float) -> None:
     d = ImageDraw.Draw(img)
     pts = _shape_points(shape, cx * scale, cy * scale, half * scale)
-    rgb = COLOURS[colour]
+    rgb = PAINTS[colour]
     if shape == "circle":
         d.ellipse(pts, fill=rgb)
     elif shape == "square":
@@ -139,6 +146,11 @@ class VideoSample:
         """(F, H, W, 3) uint8."""
         return np.stack([np.asarray(render(self.shape, self.colour, x, y, self.half, size))
                          for x, y in self.centres(frames)])
+
+
+def unnamed_pairs() -> list[tuple[str, str]]:
+    """(paint, shape) pairs in paints no caption names."""
+    return list(itertools.product(UNNAMED_PAINTS, SHAPES))
 
 
 def random_video(rng: random.Random, pairs: list[tuple[str, str]], directions=tuple(DIRECTIONS)) -> VideoSample:
