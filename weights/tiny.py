@@ -46,19 +46,26 @@ TINY_DECODER_DEFAULTS = {
 }
 
 
-def tiny_config() -> ModelConfig:
+def small_config(name: str, media_dim: int, lora: LoraSpec, condition_dim: int, projection: dict,
+                 decoder_defaults: dict) -> ModelConfig:
+    """A model config with one conditioning width for all three decoders (tiny's and nano's)."""
     return ModelConfig(
-        name="nextgpt-tiny",
-        media_dim=TINY_IMAGEBIND["out_embed_dim"],
-        lora=LoraSpec(r=4, alpha=8, dropout=0.1),
+        name=name,
+        media_dim=media_dim,
+        lora=lora,
         projections={
-            "image": ProjectionSpec(out_dim=TINY_CONDITION_DIM, num_queries=77, **TINY_PROJECTION),
-            "video": ProjectionSpec(out_dim=TINY_CONDITION_DIM, num_queries=77, **TINY_PROJECTION),
-            "audio": ProjectionSpec(out_dim=TINY_CONDITION_DIM, num_queries=1, **TINY_PROJECTION),
+            "image": ProjectionSpec(out_dim=condition_dim, num_queries=77, **projection),
+            "video": ProjectionSpec(out_dim=condition_dim, num_queries=77, **projection),
+            "audio": ProjectionSpec(out_dim=condition_dim, num_queries=1, **projection),
         },
-        decoder_defaults=TINY_DECODER_DEFAULTS,
+        decoder_defaults=decoder_defaults,
         components=Components(),
     )
+
+
+def tiny_config() -> ModelConfig:
+    return small_config("nextgpt-tiny", TINY_IMAGEBIND["out_embed_dim"], LoraSpec(r=4, alpha=8, dropout=0.1),
+                        TINY_CONDITION_DIM, TINY_PROJECTION, TINY_DECODER_DEFAULTS)
 
 
 def save_state(state: dict[str, torch.Tensor], path: Path, dtype: torch.dtype | None = None) -> None:

@@ -134,3 +134,21 @@ def test_a_killed_stage_resumes_where_it_stopped_with_the_same_result(tmp_path, 
     b = load_file(str(tmp_path / "b" / "vocoder" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "b" / "vocoder" / common.CHECKPOINT).exists()
+
+
+def test_a_finished_stage_given_a_larger_budget_goes_on_from_its_end(tmp_path):
+    from weights.nano import decoders
+    from weights.nano.common import Context
+    from weights.nano.config import Budget
+
+    budget = Budget().scaled(0.0)
+    budget.batch["vocoder"] = 2
+    logs: list[str] = []
+    ctx = Context(work=tmp_path, seed=0, budget=budget, log=logs.append)
+    budget.steps["vocoder"] = 3
+    ctx.mark_done("vocoder", decoders.stage_vocoder(ctx))
+    assert not ctx.extendable("vocoder")
+    budget.steps["vocoder"] = 5
+    assert ctx.extendable("vocoder")
+    info = decoders.stage_vocoder(ctx)
+    assert info["steps"] == 5 and any("extended from step 3 to 5" in line for line in logs)

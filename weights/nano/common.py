@@ -38,6 +38,12 @@ class Context:
     def done(self, stage: str) -> bool:
         return (self.work / stage / DONE).is_file()
 
+    def extendable(self, stage: str) -> bool:
+        """Done with fewer steps than the budget now asks, and its final state kept: it can go on."""
+        steps = self.info(stage).get("steps")
+        return (self.done(stage) and stage in self.budget.steps and steps is not None
+                and steps < self.steps(stage) and (self.work / stage / "final.pt").is_file())
+
     def mark_done(self, stage: str, info: dict) -> None:
         (self.dir(stage) / DONE).write_text(json.dumps(info, indent=2))
 
@@ -98,7 +104,8 @@ def lr_at(step: int, total: int, peak: float, warmup: int = 50, floor: float = 0
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = "checkpoint.pt"  # mid-stage state, removed when the stage ends
+FINAL = "final.pt"  # the state at the stage's last step
 CHECKPOINT_EVERY_S = 180.0
 
 
@@ -147,10 +154,13 @@ def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[in
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
     total = ctx.steps(stage)
     smooth, start, before = None, 0, 0.0
-    ckpt = ctx.dir(stage) / CHECKPOINT
+    ckpt, final = ctx.dir(stage) / CHECKPOINT, ctx.dir(stage) / FINAL
     if modules is not None and ckpt.is_file():
         start, smooth, before = _load_checkpoint(ckpt, modules, opt, ema, rng)
         ctx.log(f"[{stage}] resumed at step {start}/{total}")
+    elif modules is not None and final.is_file():  # a finished stage given more steps: go on from its end
+        start, smooth, before = _load_checkpoint(final, modules, opt, ema, rng)
+        ctx.log(f"[{stage}] extended from step {start} to {total}")
     t0 = time.time() - before
     last_save = time.time()
     bar = tqdm(range(start, total), desc=stage, dynamic_ncols=True, mininterval=5.0, initial=start, total=total)
@@ -176,5 +186,7 @@ def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[in
         if modules is not None and time.time() - last_save > CHECKPOINT_EVERY_S and i + 1 < total:
             _save_checkpoint(ckpt, i + 1, smooth, time.time() - t0, modules, opt, ema, rng)
             last_save = time.time()
+    if modules is not None:  # kept so that a larger budget can extend the stage later
+        _save_checkpoint(final, total, smooth, time.time() - t0, modules, opt, ema, rng)
     ckpt.unlink(missing_ok=True)
     return {"steps": total, "final_loss": smooth, "seconds": round(time.time() - t0, 1)}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from models.config import Components, LoraSpec, ModelConfig, ProjectionSpec
+from models.config import LoraSpec, ModelConfig
 
 CONDITION_DIM = 64  # the image and video decoders' CLIP width; the audio decoder's CLAP width
 
@@ -57,8 +57,8 @@ class Budget:
     """Optimiser steps and batch size per stage (full quality)."""
 
     steps: dict[str, int] = field(default_factory=lambda: {
-        "image_vae": 800, "image_unet": 1200, "vocoder": 800, "audio_vae": 400, "audio_unet": 1000,
-        "video_unet": 300, "imagebind": 1200, "llm": 1500, "align_input": 600, "align_output": 800,
+        "image_vae": 800, "image_unet": 1200, "vocoder": 800, "audio_vae": 400, "audio_unet": 2000,
+        "video_unet": 700, "imagebind": 1800, "llm": 1500, "align_input": 600, "align_output": 800,
         "instruct": 2500,
     })
     batch: dict[str, int] = field(default_factory=lambda: {
@@ -71,15 +71,6 @@ class Budget:
 
 
 def nano_config() -> ModelConfig:
-    return ModelConfig(
-        name="nextgpt-nano",
-        media_dim=IMAGEBIND["out_embed_dim"],
-        lora=LORA,
-        projections={
-            "image": ProjectionSpec(out_dim=CONDITION_DIM, num_queries=77, **PROJECTION),
-            "video": ProjectionSpec(out_dim=CONDITION_DIM, num_queries=77, **PROJECTION),
-            "audio": ProjectionSpec(out_dim=CONDITION_DIM, num_queries=1, **PROJECTION),
-        },
-        decoder_defaults=DECODER_DEFAULTS,
-        components=Components(),
-    )
+    from ..tiny import small_config
+
+    return small_config("nextgpt-nano", IMAGEBIND["out_embed_dim"], LORA, CONDITION_DIM, PROJECTION, DECODER_DEFAULTS)

@@ -149,18 +149,24 @@ def _diffusion_step(unet, latents: torch.Tensor, sched: DDPMScheduler, **cond) -
     return F.mse_loss(unet(noisy, t, **cond).sample, noise)
 
 
-def stage_image_unet(ctx: Context) -> dict:
-    stage = "image_unet"
+def _prepare(ctx: Context, stage: str, vae_stage: str, build_text, build_unet):
+    """A UNet stage's pieces: its data stream, the trained VAE (frozen), a new text encoder and
+    UNet (built in this order from the stage's seed), the noise schedule and the two EMAs."""
     ctx.seed_torch(stage)
     rng = ctx.rng(stage)
+    vae = AutoencoderKL.from_pretrained(str(ctx.work / vae_stage)).eval().requires_grad_(False)
+    text = build_text().train()
+    unet = build_unet().train()
+    return rng, vae, text, unet, noise_schedule(), [EMA(unet), EMA(text)]
+
+
+def stage_image_unet(ctx: Context) -> dict:
+    stage = "image_unet"
     tokenizer = load_tokenizer(ctx, "clip")
-    vae = AutoencoderKL.from_pretrained(str(ctx.work / "image_vae")).eval().requires_grad_(False)
-    text = tiny_decoders.clip_text(len(tokenizer), config.CONDITION_DIM, **config.CLIP_TEXT).train()
-    unet = image_unet().train()
-    sched = noise_schedule()
-    emas = [EMA(unet), EMA(text)]
-    n = ctx.batch(stage)
-    sf = vae.config.scaling_factor
+    rng, vae, text, unet, sched, emas = _prepare(
+        ctx, stage, "image_vae",
+        lambda: tiny_decoders.clip_text(len(tokenizer), config.CONDITION_DIM, **config.CLIP_TEXT), image_unet)
+    n, sf = ctx.batch(stage), vae.config.scaling_factor
 
     def step(i):
         x, captions = image_batch(rng, n)
@@ -226,16 +232,11 @@ def audio_unet() -> UNet2DConditionModel:
 
 def stage_audio_unet(ctx: Context) -> dict:
     stage = "audio_unet"
-    ctx.seed_torch(stage)
-    rng = ctx.rng(stage)
     tokenizer = load_tokenizer(ctx, "clap")
-    vae = AutoencoderKL.from_pretrained(str(ctx.work / "audio_vae")).eval().requires_grad_(False)
-    text = tiny_decoders.clap_text(len(tokenizer), config.CONDITION_DIM, **config.CLAP_TEXT).train()
-    unet = audio_unet().train()
-    sched = noise_schedule()
-    emas = [EMA(unet), EMA(text)]
-    n = ctx.batch(stage)
-    sf = vae.config.scaling_factor
+    rng, vae, text, unet, sched, emas = _prepare(
+        ctx, stage, "audio_vae",
+        lambda: tiny_decoders.clap_text(len(tokenizer), config.CONDITION_DIM, **config.CLAP_TEXT), audio_unet)
+    n, sf = ctx.batch(stage), vae.config.scaling_factor
 
     def step(i):
         waves, captions = tone_batch(rng, n, drop_timbre=0.3)

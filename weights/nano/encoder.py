@@ -26,6 +26,7 @@ from .common import Context, train_loop
 
 STAGE = "imagebind"
 UNNAMED = 0.3  # share of shapes and videos drawn in paints no caption names
+REVERSED = 0.5  # share of videos also shown backwards in the same batch (direction's hard negatives)
 
 
 # ----------------------------------------------------------------------------------- captions as attribute sets
@@ -91,6 +92,14 @@ def random_video_view(rng: random.Random, pairs) -> tuple[world.VideoSample, np.
     return v, v.frames(size=rng.choice((32, 32, 64)))
 
 
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+def reversed_video(v: world.VideoSample) -> world.VideoSample:
+    """The clip played backwards: the same frames in reverse order."""
+    return world.VideoSample(v.colour, v.shape, OPPOSITE[v.direction], v.centres()[-1], v.travel, v.half)
+
+
 def tone_seconds(rng: random.Random) -> float:
     return world.AUDIO_SECONDS if rng.random() < 0.5 else rng.uniform(0.8, 2.5)
 
@@ -141,6 +150,8 @@ def stage_imagebind(ctx: Context) -> dict:
     def step(i):
         shapes = [world.random_shape(rng, unnamed if rng.random() < UNNAMED else pairs) for _ in range(n)]
         videos = [random_video_view(rng, unnamed if rng.random() < UNNAMED else pairs) for _ in range(n)]
+        # hard negatives: the same clip played backwards moves the other way, and nothing else differs
+        videos += [(reversed_video(v), f[::-1].copy()) for v, f in videos[: int(n * REVERSED)]]
         sounds = [world.random_tone(rng, tones, seconds=tone_seconds(rng)) for _ in range(n)]
         items = shapes + [v for v, _ in videos] + sounds
         caps = ([image_captions(s, rng) for s in shapes] + [video_captions(v, rng) for v, _ in videos]

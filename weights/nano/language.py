@@ -331,60 +331,49 @@ def generation(rng: random.Random, d: Dialogues) -> Conversation:
     return d.single(rng, rng.choice(("draw", "play", "animate")))
 
 
-def stage_align_output(ctx: Context) -> dict:
-    stage = "align_output"
+def _tune(ctx: Context, stage: str, state_from: str, groups_of, conversation, lr: float) -> dict:
+    """Train the parameter groups `groups_of(llm, projections)` on `conversation(rng, dialogues)`
+    with the LM loss on the last answer plus the output projections' MSE."""
     ctx.seed_torch(stage)
     rng = ctx.rng(stage)
     bank = build_bank(ctx)
-    llm, projections = load_language(ctx, "align_input")
+    llm, projections = load_language(ctx, state_from)
     _freeze_all(llm, projections)
-    trained = list(projections.parameters()) + _lm_rows(llm)
-    for p in trained:
-        p.requires_grad_(True)
+    groups = groups_of(llm, projections)
+    for group in groups:
+        for p in group["params"]:
+            p.requires_grad_(True)
     llm.train()
     projections.train()
     targets = Targets(ctx)
     batcher, d, n = Batcher(llm, bank), BankDialogues(bank), ctx.batch(stage)
 
     def step(i):
-        examples = [batcher.example(generation(rng, d)) for _ in range(n)]
+        examples = [batcher.example(conversation(rng, d)) for _ in range(n)]
         lm_loss, hidden = batcher.forward(examples)
         mse = projection_loss(batcher, projections, targets, examples, hidden)
         return {"loss": lm_loss + mse, "lm": lm_loss.detach(), "mse": mse.detach()}
 
-    groups = [{"params": list(projections.parameters()), "lr_scale": 1.0}, {"params": _lm_rows(llm), "lr_scale": 0.5}]
-    info = train_loop(stage, ctx, None, step, lr=1e-3, param_groups=groups,
+    info = train_loop(stage, ctx, None, step, lr=lr, param_groups=groups,
                       modules={"llm": llm, "projections": projections}, rng=rng)
     save_language(ctx, stage, llm, projections)
     return info
+
+
+def stage_align_output(ctx: Context) -> dict:
+    """The output projections and the embedding/LM-head rows; the LLM body stays frozen."""
+    def groups(llm, projections):
+        return [{"params": list(projections.parameters()), "lr_scale": 1.0}, {"params": _lm_rows(llm), "lr_scale": 0.5}]
+
+    return _tune(ctx, "align_output", "align_input", groups, generation, lr=1e-3)
 
 
 def stage_instruct(ctx: Context) -> dict:
-    stage = "instruct"
-    ctx.seed_torch(stage)
-    rng = ctx.rng(stage)
-    bank = build_bank(ctx)
-    llm, projections = load_language(ctx, "align_output")
-    _freeze_all(llm, projections)
-    lora = [p for name, p in llm.llama_model.named_parameters() if "lora_" in name]
-    trained = lora + list(llm.llama_proj.parameters()) + list(projections.parameters()) + _lm_rows(llm)
-    for p in trained:
-        p.requires_grad_(True)
-    llm.train()
-    projections.train()
-    targets = Targets(ctx)
-    batcher, d, n = Batcher(llm, bank), BankDialogues(bank), ctx.batch(stage)
+    """LoRA, the input and output projections and the embedding/LM-head rows, on whole conversations."""
+    def groups(llm, projections):
+        lora = [p for name, p in llm.llama_model.named_parameters() if "lora_" in name]
+        return [{"params": lora, "lr_scale": 1.0},
+                {"params": list(llm.llama_proj.parameters()) + list(projections.parameters()), "lr_scale": 0.5},
+                {"params": _lm_rows(llm), "lr_scale": 0.3}]
 
-    def step(i):
-        examples = [batcher.example(d.conversation(rng)) for _ in range(n)]
-        lm_loss, hidden = batcher.forward(examples)
-        mse = projection_loss(batcher, projections, targets, examples, hidden)
-        return {"loss": lm_loss + mse, "lm": lm_loss.detach(), "mse": mse.detach()}
-
-    groups = [{"params": lora, "lr_scale": 1.0},
-              {"params": list(llm.llama_proj.parameters()) + list(projections.parameters()), "lr_scale": 0.5},
-              {"params": _lm_rows(llm), "lr_scale": 0.3}]
-    info = train_loop(stage, ctx, None, step, lr=2e-3, param_groups=groups,
-                      modules={"llm": llm, "projections": projections}, rng=rng)
-    save_language(ctx, stage, llm, projections)
-    return info
+    return _tune(ctx, "instruct", "align_output", groups, lambda rng, d: d.conversation(rng), lr=2e-3)

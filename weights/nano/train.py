@@ -68,13 +68,16 @@ def run(work: Path = DEFAULT_WORK, out: Path = DEFAULT_OUT, stages: list[str] | 
     ctx = Context(work=work, seed=seed, budget=budget, threads=threads, log=log)
     wanted = [s for s in (stages or ORDER) if s != "assemble"]
     for name in _closure(wanted):
-        if ctx.done(name) and not (redo and name in wanted):
+        if ctx.extendable(name):
+            log(f"[{name}] done with {ctx.info(name)['steps']} steps; the budget asks {ctx.steps(name)}: extending")
+        elif ctx.done(name) and not (redo and name in wanted):
             log(f"[{name}] done already ({ctx.info(name).get('seconds', '?')} s): skipped")
             continue
         log(f"[{name}] starting")
         t0 = time.time()
         info = STAGES[name][0](ctx) or {}
-        info = {**info, "seconds": round(time.time() - t0, 1)}
+        # a stage resumed after a kill reports the time of all its attempts' steps
+        info = {**info, "seconds": max(info.get("seconds", 0.0), round(time.time() - t0, 1))}
         ctx.mark_done(name, info)
         log(f"[{name}] done in {info['seconds']} s: {json.dumps(info)}")
     if stages is None or "assemble" in stages:
