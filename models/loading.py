@@ -56,25 +56,38 @@ def stage_devices(devices: dict[str, str] | str) -> dict[str, str]:
 @dataclass
 class LoadedParts:
     config: ModelConfig
-    encoder: ImageBindEncoder
-    llm: LanguageModel
+    encoder: ImageBindEncoder | None  # None: that stage was not asked for (see `stages`)
+    llm: LanguageModel | None
     projections: nn.ModuleDict
     decoders: dict[str, Decoder]
 
 
 def load_parts(path: str | Path, devices: dict[str, str] | str = "cpu",
-               placement: Placement | None = None) -> LoadedParts:
-    """Every stage of the model directory at `path`; `placement`, when given, overrides `devices`."""
+               placement: Placement | None = None, stages: tuple[str, ...] = STAGES) -> LoadedParts:
+    """The stages (see STAGES) of the model directory at `path`; `placement`, when given,
+    overrides `devices`. A process serving one stage (a Ray Serve replica) loads only that one."""
     path = Path(path)
     config = ModelConfig.load(path)
     quiet_loading()
     plans = placement.stages if placement is not None else {}
     place = stage_devices(placement.devices if placement is not None else devices)
     parts = config.components
-    encoder = ImageBindEncoder.from_pretrained(path / parts.encoder, place["encoder"], default_dtype(place["encoder"]))
-    llm, projections = load_language(path, config, place["llm"], plans.get("llm"))
-    decoders = load_decoders(path, config, place, plans)
+    encoder = llm = None
+    projections = nn.ModuleDict()
+    if "encoder" in stages:
+        encoder = ImageBindEncoder.from_pretrained(path / parts.encoder, place["encoder"],
+                                                   default_dtype(place["encoder"]))
+    if "llm" in stages:
+        llm, projections = load_language(path, config, place["llm"], plans.get("llm"))
+    decoders = load_decoders(path, config, place, plans, [m for m in MODALITIES if m in stages])
     return LoadedParts(config, encoder, llm, projections, decoders)
+
+
+def decoders_present(path: str | Path) -> list[str]:
+    """The decoders a model directory holds (one fetched with --only serves what is there)."""
+    path = Path(path)
+    parts = ModelConfig.load(path).components
+    return [m for m in MODALITIES if (path / getattr(parts, m)).is_dir()]
 
 
 def load_language(path: Path, config: ModelConfig, device: str,
@@ -100,11 +113,11 @@ def load_language(path: Path, config: ModelConfig, device: str,
 
 
 def load_decoders(path: Path, config: ModelConfig, place: dict[str, str],
-                  plans: dict[str, StagePlan]) -> dict[str, Decoder]:
+                  plans: dict[str, StagePlan], wanted: tuple[str, ...] | list[str] = MODALITIES) -> dict[str, Decoder]:
     """The decoders the directory holds (one fetched with --only serves what is there)."""
     parts = config.components
     decoders = {}
-    for m in MODALITIES:
+    for m in wanted:
         folder = path / getattr(parts, m)
         if not folder.is_dir():
             continue

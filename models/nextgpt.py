@@ -31,12 +31,16 @@ from .types import ChatResult, GeneratedVideo, LanguageOutput, Message, Usage
 class NextGPT:
     def __init__(self, config: ModelConfig, encoder: ImageBindEncoder, llm: LanguageModel,
                  projections: nn.ModuleDict, decoders: dict[str, Decoder],
-                 limits: DecoderLimits = DecoderLimits(), placement: Placement | None = None):
+                 limits: DecoderLimits = DecoderLimits(), placement: Placement | None = None,
+                 decoder_names: Iterable[str] | None = None):
         self.config = config
-        self.encoder = encoder
+        self.encoder = encoder  # None (like llm) in a process that serves other stages only
         self.llm = llm
-        self.projections = projections.to(llm.device, llm.dtype).eval()
+        self.projections = projections.to(llm.device, llm.dtype).eval() if llm is not None else projections
         self.decoders = decoders
+        # the outputs the server can draw: its own decoders, or (LLM alone in a process) the
+        # decoders that other processes serve
+        self.decoder_names = set(decoders if decoder_names is None else decoder_names)
         self.limits = limits
         self.batchers: dict[str, BatchingDecoder] = {}
         self.placement = placement
@@ -68,12 +72,14 @@ class NextGPT:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, devices: dict[str, str] | str = "cpu",
-                        limits: DecoderLimits = DecoderLimits(), placement: Placement | None = None) -> "NextGPT":
-        """Load a whole model directory; `devices` maps a stage (see STAGES) to its device.
+                        limits: DecoderLimits = DecoderLimits(), placement: Placement | None = None,
+                        stages: tuple[str, ...] = STAGES, decoder_names: Iterable[str] | None = None) -> "NextGPT":
+        """Load a model directory; `devices` maps a stage (see STAGES) to its device.
         `placement` (models/placement.py) overrides `devices` and adds the LLM's quantization and
-        the decoders' CPU offload."""
-        p = load_parts(path, devices, placement)
-        return cls(p.config, p.encoder, p.llm, p.projections, p.decoders, limits, placement)
+        the decoders' CPU offload. `stages` loads only some stages (a process serving one stage);
+        `decoder_names` then says which outputs the decoders elsewhere can draw."""
+        p = load_parts(path, devices, placement, stages)
+        return cls(p.config, p.encoder, p.llm, p.projections, p.decoders, limits, placement, decoder_names)
 
     # 1. encode and project media -------------------------------------------------------------
     def _turns(self, messages: list[Message]) -> tuple[list[Turn], int]:
@@ -81,7 +87,9 @@ class NextGPT:
         for msg in messages:
             media: dict[str, list[torch.Tensor]] = {}
             for item in msg.media:
-                emb = self.encoder.encode(item.modality, item.value, item.key)  # (D,)
+                emb = item.embedding  # already encoded by an encoder in another process, or:
+                if emb is None:
+                    emb = self.encoder.encode(item.modality, item.value, item.key)  # (D,)
                 media.setdefault(item.modality, []).append(self.llm.project_media(emb))  # (H,)
                 n_media += 1
             turns.append(Turn(msg.role, msg.text, media))
@@ -95,7 +103,7 @@ class NextGPT:
                  should_stop: Callable[[], bool] | None = None) -> LanguageOutput:
         allowed, required = set(modalities), set(required)
         check_messages(messages, allowed, required)
-        missing = required - set(self.decoders)
+        missing = required - self.decoder_names
         if missing:
             raise ValueError(f"this model has no decoder for {sorted(missing)}")
         timings = {}
@@ -122,7 +130,7 @@ class NextGPT:
             ids = self.llm.signal_ids[modality]
             run = find_signal_run(gen.ids, ids, modality)
             hidden = None
-            if run is not None and modality not in self.decoders:
+            if run is not None and modality not in self.decoder_names:
                 skipped[modality] = f"the model asked for {modality} but this server has no {modality} decoder"
             elif run is not None and not run.ok:
                 skipped[modality] = run.reason
@@ -151,11 +159,7 @@ class NextGPT:
 
     # 5. decode ---------------------------------------------------------------------------------
     def decoder_params(self, modality: str, overrides: dict | None = None):
-        if modality not in self.decoders:
-            raise ParameterError(modality, f"this model has no {modality} decoder")
-        decoder = self.decoders[modality]
-        params = merge_params(modality, decoder.defaults, overrides)
-        return validate_params(modality, params, self.limits, decoder.spatial_multiple)
+        return checked_decoder_params(self.decoders, self.limits, modality, overrides)
 
     def decode(self, modality: str, condition: torch.Tensor, params, seed: int | None = None,
                on_step: Callable[[int, int], None] | None = None,
@@ -188,6 +192,17 @@ class NextGPT:
             setattr(result, modality, output)
             result.timings[modality] = time.perf_counter() - t0
         return result
+
+
+def checked_decoder_params(decoders: dict, limits: DecoderLimits, modality: str, overrides: dict | None = None):
+    """A request's parameters for one decoder, merged with its defaults and checked against the
+    limits; `decoders` maps a modality to anything with the decoder's `defaults` and
+    `spatial_multiple` (a Decoder, or its description sent by another process)."""
+    if modality not in decoders:
+        raise ParameterError(modality, f"this model has no {modality} decoder")
+    decoder = decoders[modality]
+    params = merge_params(modality, decoder.defaults, overrides)
+    return validate_params(modality, params, limits, decoder.spatial_multiple)
 
 
 def check_messages(messages: list[Message], allowed: set[str], required: set[str]) -> None:

@@ -15,6 +15,12 @@ class MediaItem:
     modality: str  # "image" | "audio" | "video"
     value: Any  # PIL.Image (RGB) | float32 waveform at 16 kHz | VideoClip
     key: str | None = None  # content hash: the encoder's cache key
+    embedding: Any = None  # its ImageBind embedding (D,), when an encoder elsewhere already made it
+
+    def encoded(self, embedding: Any) -> "MediaItem":
+        """The same item carrying its embedding and no longer its pixels or samples (what a
+        separate LLM process needs of it)."""
+        return MediaItem(self.modality, None, self.key, embedding)
 
     @classmethod
     def from_bytes(cls, data: bytes, modality: str, limits=None) -> "MediaItem":

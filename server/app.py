@@ -25,6 +25,7 @@ from .routers import chat, files, health, models, ws
 from .scheduler import Scheduler
 from .serving_chat import ChatService
 from .settings import Settings, app_settings
+from .stages import StageBackend
 
 log = logging.getLogger("nextgpt.server")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -59,23 +60,26 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
-async def _start_model(app: FastAPI, settings: Settings) -> None:
+async def _start_model(app: FastAPI, settings: Settings, stages: StageBackend | None) -> None:
     host: ModelHost = app.state.host
     await host.start(settings)
     if host.ready:
-        scheduler = Scheduler(host.model, app.state.metrics, decoder_workers=settings.decoder_max_batch)
+        scheduler = Scheduler(host.model, app.state.metrics, decoder_workers=settings.decoder_max_batch,
+                              backend=stages)
         app.state.scheduler = scheduler
         app.state.chat = ChatService(host, scheduler, app.state.files, app.state.metrics)
 
 
-def create_app(settings: Settings | None = None, model: Any = None) -> FastAPI:
-    """The app; `model` may be a NextGPT already loaded (it is still warmed up unless disabled)."""
+def create_app(settings: Settings | None = None, model: Any = None, stages: StageBackend | None = None) -> FastAPI:
+    """The app; `model` may be a NextGPT already loaded (it is still warmed up unless disabled).
+    `stages` runs the model's stages elsewhere (Ray Serve deployments, server/ray/); `model` is
+    then what the ingress needs to know of the model (server/ray/backend.py: RemoteModel)."""
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         app.state.files = FileStore(settings.files_dir, settings.file_ttl_s)
-        tasks = [asyncio.create_task(_start_model(app, settings), name="nextgpt-load"),
+        tasks = [asyncio.create_task(_start_model(app, settings, stages), name="nextgpt-load"),
                  asyncio.create_task(app.state.files.sweep_forever(), name="nextgpt-file-sweeper")]
         try:
             yield

@@ -3,10 +3,12 @@
 - Admission: at most `queue_size` requests are in the system (running or waiting); the next one
   gets 429 with Retry-After, before any of its media is decoded.
 - Stages: `language` (encode media, prompt, generate text, project signal states) and one per
-  decoder (`image`, `audio`, `video`). Each stage is a single worker thread taking calls in FIFO
-  order, so the model never runs on the event loop, one call at a time per stage, and stages of
-  different requests overlap: request B's LLM runs while request A's image decoder draws. A
-  batching stage (several requests' decoder calls in one pipeline call) can replace `Stage`.
+  decoder (`image`, `audio`, `video`), run by a `StageBackend` (server/stages.py). The default,
+  `ThreadStages`, gives each stage worker threads taking calls in FIFO order, so the model never
+  runs on the event loop, one call at a time per stage, and stages of different requests overlap:
+  request B's LLM runs while request A's image decoder draws. A batching decoder stage has as
+  many workers as its batcher takes at once. `RayStages` (server/ray/) runs the same stage
+  functions in Ray Serve deployments instead.
 - Events: each request is a `Job` whose worker-thread callbacks (text deltas, decoder steps)
   reach the event loop through `loop.call_soon_threadsafe`; consumers iterate `job.events()`.
   Text is streamed by the language stage itself, so it never waits for a decoder.
@@ -23,14 +25,15 @@ import math
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
-from models.generate import GenerationCancelled, SamplingParams
-from models.types import LanguageOutput, Message
+from models.generate import GenerationCancelled
+from models.types import LanguageOutput
 
 from .errors import APIError, Cancelled, DeadlineExceeded, QueueFull, as_api_error
 from .metrics import Metrics
+from .stages import StageBackend, Turn, decode_stage, language_stage  # noqa: F401 (Turn re-exported)
 
 log = logging.getLogger("nextgpt.server")
 DECODER_STAGES = ("image", "audio", "video")
@@ -38,17 +41,6 @@ LLM_PRIORITY_MAX_WAIT_S = 30.0  # a decoder never waits longer than this for the
 
 
 # --------------------------------------------------------------------------- what runs
-
-@dataclass
-class Turn:
-    """One model call: the conversation and what to make of it."""
-
-    messages: list[Message]
-    modalities: set[str]  # accepted outputs, "text" included
-    required: set[str]  # outputs that must be produced
-    sampling: SamplingParams
-    params: dict[str, Any] = field(default_factory=dict)  # validated decoder params per output
-
 
 @dataclass
 class TextDelta:
@@ -140,7 +132,10 @@ class Job:
 
     async def wait(self, future: Future) -> Any:
         """Await a stage call, giving up at the deadline (the worker stops at its next check)."""
-        waiter = asyncio.wrap_future(future)
+        return await self.wait_for(asyncio.wrap_future(future))
+
+    async def wait_for(self, waiter: Any) -> Any:
+        """Await a stage's future or task (not cancelling it) until the deadline: then 504."""
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout=max(self.remaining(), 0.0))
         except asyncio.TimeoutError:
@@ -206,7 +201,9 @@ class Ticket:
 
 # --------------------------------------------------------------------------- the scheduler
 
-class Scheduler:
+class ThreadStages:
+    """The in-process backend: the stage functions on this process's model, in `Stage` threads."""
+
     def __init__(self, model: Any, metrics: Metrics, decoder_workers: int = 1):
         self.model = model
         self.metrics = metrics
@@ -219,6 +216,54 @@ class Scheduler:
         self.llm_idle = threading.Event()
         self.llm_idle.set()
         self.yields_to_llm = {m: str(d.device) == str(model.llm.device) for m, d in model.decoders.items()}
+
+    async def language(self, job: Job, turn: Turn) -> LanguageOutput:
+        return await self.stages["language"].call(job, self._language, job, turn)
+
+    async def decode(self, job: Job, turn: Turn, modality: str, condition: Any) -> Any:
+        return await self.stages[modality].call(job, self._decode, job, turn, modality, condition)
+
+    # ------------------------------------------------------------------ run in the stage threads
+
+    def _language(self, job: Job, turn: Turn) -> LanguageOutput:
+        on_text = first_token_timer(job, self.metrics)
+        self.llm_idle.clear()
+        try:
+            return language_stage(self.model, turn, on_text, job.should_stop)
+        finally:
+            self.llm_idle.set()
+
+    def _decode(self, job: Job, turn: Turn, modality: str, condition: Any) -> Any:
+        def on_step(step: int, total: int) -> None:
+            job.emit(Progress(modality, step, total))
+            if self.yields_to_llm.get(modality):
+                self.llm_idle.wait(LLM_PRIORITY_MAX_WAIT_S)
+
+        return decode_stage(self.model, turn, modality, condition, on_step, job.should_stop)
+
+    def shutdown(self) -> None:
+        for stage in self.stages.values():
+            stage.shutdown()
+
+
+def first_token_timer(job: Job, metrics: Metrics) -> Callable[[str], None]:
+    """The language stage's `on_text`: each delta to the job, the first one timed (TTFT)."""
+    first = [True]
+
+    def on_text(delta: str) -> None:
+        if first[0]:
+            first[0] = False
+            metrics.ttft.observe(time.monotonic() - job.admitted)
+        job.emit(TextDelta(delta))
+
+    return on_text
+
+
+class Scheduler:
+    def __init__(self, model: Any, metrics: Metrics, decoder_workers: int = 1, backend: StageBackend | None = None):
+        self.model = model
+        self.metrics = metrics
+        self.backend = backend or ThreadStages(model, metrics, decoder_workers)
         self.active = 0
         self.mean_duration = 1.0  # seconds, moving average: sizes Retry-After
         self.jobs: set[Job] = set()
@@ -248,7 +293,7 @@ class Scheduler:
 
     async def _drive(self, job: Job, turn: Turn, ticket: Ticket) -> None:
         try:
-            lang = await self.stages["language"].call(job, self._language, job, turn)
+            lang = await self.backend.language(job, turn)
             self._count_language(lang)
             job.emit(LanguageDone(lang))
             # each output in its own stage: a request's image, sound and video are drawn side by side
@@ -270,7 +315,7 @@ class Scheduler:
 
     async def _decode_one(self, job: Job, turn: Turn, modality: str, condition: Any) -> None:
         try:
-            value = await self.stages[modality].call(job, self._decode, job, turn, modality, condition)
+            value = await self.backend.decode(job, turn, modality, condition)
         except (Cancelled, DeadlineExceeded):
             raise
         except Exception as exc:
@@ -281,33 +326,6 @@ class Scheduler:
             return
         self.metrics.media_out.labels(modality).inc()
         job.emit(MediaReady(modality, value))
-
-    # ------------------------------------------------------------------ run in the stage threads
-
-    def _language(self, job: Job, turn: Turn) -> LanguageOutput:
-        first = [True]
-
-        def on_text(delta: str) -> None:
-            if first[0]:
-                first[0] = False
-                self.metrics.ttft.observe(time.monotonic() - job.admitted)
-            job.emit(TextDelta(delta))
-
-        self.llm_idle.clear()
-        try:
-            return self.model.language(turn.messages, modalities=turn.modalities, required=turn.required,
-                                       sampling=turn.sampling, on_text=on_text, should_stop=job.should_stop)
-        finally:
-            self.llm_idle.set()
-
-    def _decode(self, job: Job, turn: Turn, modality: str, condition: Any) -> Any:
-        def on_step(step: int, total: int) -> None:
-            job.emit(Progress(modality, step, total))
-            if self.yields_to_llm.get(modality):
-                self.llm_idle.wait(LLM_PRIORITY_MAX_WAIT_S)
-
-        return self.model.decode(modality, condition, turn.params[modality], turn.sampling.seed,
-                                 on_step, job.should_stop)
 
     def _count_language(self, lang: LanguageOutput) -> None:
         m = self.metrics
@@ -323,5 +341,4 @@ class Scheduler:
     def shutdown(self) -> None:
         for job in list(self.jobs):
             job.cancel("shutdown")
-        for stage in self.stages.values():
-            stage.shutdown()
+        self.backend.shutdown()
