@@ -194,7 +194,10 @@ def empty_prompt_embeds(pipe, plan: BenchPlan) -> torch.Tensor:
 def speed_up(pipe, plan: BenchPlan, compile_unet: bool, fuse: bool = True):
     """Our way on top of the stock pipeline: channels_last, fused QKV projections, compiled UNet."""
     if plan.device.startswith("cuda"):
-        pipe.unet.to(memory_format=torch.channels_last)
+        from diffusers import UNet3DConditionModel
+
+        if not isinstance(pipe.unet, UNet3DConditionModel):
+            pipe.unet.to(memory_format=torch.channels_last)  # a UNet3D's Conv3d weights are 5-D: no NHWC for them
         pipe.vae.to(memory_format=torch.channels_last)
     if fuse:
         pipe.unet.fuse_qkv_projections()
