@@ -31,6 +31,10 @@ def register(subparsers) -> None:
     p.add_argument("--devices", help="'auto', 'cpu', 'cuda', or JSON {stage: device}")
     p.add_argument("--api-key", dest="api_keys", action="append", help="accept this Bearer key (repeatable)")
     p.add_argument("--log-level", help="uvicorn log level (default info)")
+    p.add_argument("--ray", action="store_true", help="serve on Ray Serve: the ingress, the encoder, the LLM "
+                   "and each decoder as deployments (resources from NEXTGPT_RAY__*; see the README's Scale out)")
+    p.add_argument("--ray-address", help="the Ray cluster to join (e.g. auto, head:6379); implies --ray; "
+                   "default: start a local Ray instance")
     p.set_defaults(func=serve)
 
 
@@ -39,7 +43,10 @@ def settings_from_args(args: argparse.Namespace):
 
     overrides = {k: getattr(args, k) for k in ("weights", "host", "port", "devices", "api_keys", "log_level")
                  if getattr(args, k, None) is not None}
-    return Settings(**overrides)
+    settings = Settings(**overrides)
+    if getattr(args, "ray_address", None):
+        settings.ray.address = args.ray_address
+    return settings
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -48,6 +55,10 @@ def serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     settings = settings_from_args(args)
+    if getattr(args, "ray", False) or getattr(args, "ray_address", None):
+        from .ray_serve.app import serve_on_ray
+
+        return serve_on_ray(settings)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
                 ws_max_size=settings.max_body_bytes, timeout_graceful_shutdown=settings.shutdown_timeout_s)

@@ -43,6 +43,8 @@ class Metrics:
                                  ["reason"], registry=r)
         self.rejected = Counter("nextgpt_requests_rejected", "requests refused by the scheduler",
                                 ["reason"], registry=r)
+        self.replica_calls = Counter("nextgpt_stage_replica_calls", "stage calls per Ray Serve replica "
+                                     "(nextgpt serve --ray)", ["stage", "replica"], registry=r)
 
     def watch_model(self, get_model: Callable[[], Any]) -> None:
         self.registry.register(_ModelCollector(get_model))

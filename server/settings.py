@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from starlette.requests import HTTPConnection
-from pydantic import Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from models.decoders import DecoderLimits
@@ -21,8 +21,41 @@ MiB = 1024 * 1024
 StrList = Annotated[list[str], NoDecode]
 
 
+class RayDeploymentSettings(BaseModel):
+    """One stage's Ray Serve deployment: its share of a node and how many copies of it run."""
+
+    num_replicas: int = Field(1, ge=1, description="replicas when not autoscaling")
+    min_replicas: int | None = Field(None, ge=0, description="with max_replicas: autoscale between these")
+    max_replicas: int | None = Field(None, ge=1, description="with min_replicas: autoscale between these")
+    target_ongoing_requests: float = Field(2.0, gt=0, description="autoscaling aims at this many requests per replica")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica (fractions share a GPU)")
+    num_cpus: float = Field(1.0, ge=0, description="CPUs per replica (Ray's logical CPUs)")
+    max_ongoing_requests: int = Field(8, ge=1, description="requests one replica works on at once")
+    max_queued_requests: int = Field(64, ge=-1, description="requests waiting for a replica; more get 429; -1: no limit")
+
+
+def _stage(**changes: Any) -> Any:
+    return Field(default_factory=lambda: RayDeploymentSettings(**changes))
+
+
+class RaySettings(BaseModel):
+    """`nextgpt serve --ray`: the ingress and each stage as Ray Serve deployments (server/ray/)."""
+
+    address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://head:10001', "
+                                "'head:6379'); default: start a local Ray on this machine")
+    app_name: str = Field("nextgpt", description="Serve application name")
+    num_cpus: int | None = Field(None, ge=1, description="logical CPUs of a local Ray instance; default: this "
+                                 "machine's, at least 8 (one replica of every stage fits)")
+    ingress: RayDeploymentSettings = _stage(max_ongoing_requests=256, max_queued_requests=-1)
+    encoder: RayDeploymentSettings = _stage()
+    llm: RayDeploymentSettings = _stage()
+    image: RayDeploymentSettings = _stage()
+    audio: RayDeploymentSettings = _stage()
+    video: RayDeploymentSettings = _stage()
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NEXTGPT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="NEXTGPT_", env_nested_delimiter="__", extra="ignore")
 
     # --- model ---------------------------------------------------------------------------------
     weights: str = Field(DEFAULT_PRESET, description="preset name or model directory to serve")
@@ -76,6 +109,9 @@ class Settings(BaseSettings):
     # --- WebSocket -----------------------------------------------------------------------------
     ws_max_turns: int = Field(16, ge=1, description="turns of history one socket keeps (oldest dropped)")
     log_level: str = Field("info", description="uvicorn and server log level")
+    # --- Ray Serve (`nextgpt serve --ray`) -----------------------------------------------------
+    ray: RaySettings = Field(default_factory=RaySettings, description="Ray Serve deployments: JSON, or one "
+                             "field at a time as NEXTGPT_RAY__FIELD / NEXTGPT_RAY__STAGE__FIELD (see Scale out)")
 
     @field_validator("api_keys", "cors_origins", "default_modalities", mode="before")
     @classmethod

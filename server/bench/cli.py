@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="clients in the concurrent scenario")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement (the median is kept)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--ray", action="store_true", help="instead: the same HTTP requests served by one process and "
+                   "by Ray Serve on this machine (every stage a deployment), as ratios, with where the time goes")
     p.set_defaults(func=run)
 
 
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
 
     chosen = SCENARIOS if not args.scenario or "all" in args.scenario else tuple(args.scenario)
     model_dir = resolve(args.weights or DEFAULT_PRESET)
+    if args.ray:
+        return run_ray(args, model_dir)
     rows = []
     model = NextGPT.from_pretrained(model_dir)
     for name in [s for s in chosen if s in LIBRARY]:
@@ -56,6 +60,21 @@ def run(args: argparse.Namespace) -> int:
                 if name in chosen:
                     rows.append(fn())
                     print(_line(rows[-1]), file=sys.stderr)
+    print(report(rows, model_dir))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine(), "weights": str(model_dir),
+                                         "rows": [r.as_dict() for r in rows]}, indent=2))
+    return 0
+
+
+def run_ray(args: argparse.Namespace, model_dir: Path) -> int:
+    from server.settings import Settings
+
+    from . import ray_compare
+
+    settings = Settings(weights=str(model_dir), devices="cpu", queue_size=max(64, args.concurrency * 2),
+                        decoder_max_batch=args.concurrency)
+    rows = ray_compare.compare(settings, args.repeat, args.concurrency, lambda line: print(line, file=sys.stderr))
     print(report(rows, model_dir))
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "weights": str(model_dir),

@@ -53,9 +53,6 @@ class StaticDecoder:
         self.cache = StaticCache(config=self.model.config, max_cache_len=self.max_len)
         self.step = decode_step
         if self.compile_backend:
-            if self.compile_backend == "inductor":
-                # gpt-fast's setting: tune each matrix-vector kernel's block sizes for batch 1
-                torch._inductor.config.coordinate_descent_tuning = True
             mode = self.compile_mode if self.compile_backend == "inductor" else None
             self.step = torch.compile(decode_step, backend=self.compile_backend, mode=mode, fullgraph=True)
 
