@@ -8,12 +8,23 @@ DEFAULT_PRESET = "tiny"  # the one place the default preset is named
 
 PRESETS = {
     "tiny": "toy sizes, random deterministic weights, built offline in seconds (tests, plumbing)",
+    "nano": "small sizes trained here on a synthetic world of shapes, tones and moving shapes (weights/nano)",
     "nextgpt-7b-tiva-v0": "the released NExT-GPT (Vicuna-7B v0, ImageBind-huge, SD 1.5, AudioLDM-l, Zeroscope v2 576w)",
 }
 
 
+# where a preset's model directory lives, where that is not weights/<name>
+PRESET_DIRS = {"nano": WEIGHTS_ROOT / "nano" / "model"}  # committed beside its training code
+
+
 def preset_dir(name: str) -> Path:
-    return WEIGHTS_ROOT / name
+    return PRESET_DIRS.get(name, WEIGHTS_ROOT / name)
+
+
+def _missing(name: str) -> str:
+    if name == "nano":
+        return "train it with `nextgpt weights train-nano` (about two hours on a CPU)"
+    return f"fetch it with `nextgpt weights fetch {name}`"
 
 
 def resolve(weights: str | Path) -> Path:
@@ -24,8 +35,7 @@ def resolve(weights: str | Path) -> Path:
             from .tiny import build_tiny
             build_tiny(path)
         elif not (path / "nextgpt.json").is_file():
-            raise FileNotFoundError(
-                f"preset {weights!r} is not on disk; fetch it with `nextgpt weights fetch {weights}`")
+            raise FileNotFoundError(f"preset {weights!r} is not on disk; {_missing(str(weights))}")
         return path
     path = Path(weights).expanduser()
     if not (path / "nextgpt.json").is_file():

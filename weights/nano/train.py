@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..presets import WEIGHTS_ROOT
+from ..presets import WEIGHTS_ROOT, preset_dir
 from . import decoders, encoder, language
 from .common import Context, set_threads
 from .config import Budget
 
-DEFAULT_OUT = WEIGHTS_ROOT / "nano" / "model"
+DEFAULT_OUT = preset_dir("nano")
 DEFAULT_WORK = WEIGHTS_ROOT / "cache" / "nano-train"
 
 # name -> (function, the stages it reads)
