@@ -72,8 +72,8 @@ async def _start_model(app: FastAPI, settings: Settings, stages: StageBackend | 
 
 def create_app(settings: Settings | None = None, model: Any = None, stages: StageBackend | None = None) -> FastAPI:
     """The app; `model` may be a NextGPT already loaded (it is still warmed up unless disabled).
-    `stages` runs the model's stages elsewhere (Ray Serve deployments, server/ray/); `model` is
-    then what the ingress needs to know of the model (server/ray/backend.py: RemoteModel)."""
+    `stages` runs the model's stages elsewhere (Ray Serve deployments, server/ray_serve/); `model` is
+    then what the ingress needs to know of the model (server/ray_serve/backend.py: RemoteModel)."""
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager

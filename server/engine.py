@@ -77,7 +77,7 @@ def load_model(settings: Settings) -> Any:
 
 def warm_up(model: Any) -> None:
     """One short turn through every stage: first-call costs are paid before /ready says 200.
-    A model whose stages run elsewhere (server/ray/backend.py) warms them up its own way."""
+    A model whose stages run elsewhere (server/ray_serve/backend.py) warms them up its own way."""
     if hasattr(model, "warm_up"):
         return model.warm_up()
     from models.generate import SamplingParams

@@ -7,7 +7,7 @@
   `ThreadStages`, gives each stage worker threads taking calls in FIFO order, so the model never
   runs on the event loop, one call at a time per stage, and stages of different requests overlap:
   request B's LLM runs while request A's image decoder draws. A batching decoder stage has as
-  many workers as its batcher takes at once. `RayStages` (server/ray/) runs the same stage
+  many workers as its batcher takes at once. `RayStages` (server/ray_serve/) runs the same stage
   functions in Ray Serve deployments instead.
 - Events: each request is a `Job` whose worker-thread callbacks (text deltas, decoder steps)
   reach the event loop through `loop.call_soon_threadsafe`; consumers iterate `job.events()`.

@@ -39,7 +39,7 @@ def _stage(**changes: Any) -> Any:
 
 
 class RaySettings(BaseModel):
-    """`nextgpt serve --ray`: the ingress and each stage as Ray Serve deployments (server/ray/)."""
+    """`nextgpt serve --ray`: the ingress and each stage as Ray Serve deployments (server/ray_serve/)."""
 
     address: str | None = Field(None, description="Ray cluster to join ('auto', 'ray://head:10001', "
                                 "'head:6379'); default: start a local Ray on this machine")

@@ -4,7 +4,7 @@ The stage functions below are the only code that runs a model stage for the serv
 backends call them:
 
 - `ThreadStages` (server/scheduler.py, the default): one worker thread per stage in this process.
-- `RayStages` (server/ray/backend.py): a Ray Serve deployment per stage; each replica runs these
+- `RayStages` (server/ray_serve/backend.py): a Ray Serve deployment per stage; each replica runs these
   same functions on its own part of the model, and the ingress reaches it through handles.
 
 So a request flows one way, whichever backend carries it: encode -> language -> one decode per

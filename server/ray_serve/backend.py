@@ -113,7 +113,7 @@ class RayStages:
             messages = with_embeddings(messages, embeddings)
         on_text = first_token_timer(job, self.metrics)
         stream = self.handles.llm.options(stream=True).language.remote(replace(turn, messages=messages, params={}))
-        return await self._call(job, "language", stream, self._consume(stream, "language", lambda d: on_text(d)))
+        return await self._call(job, "language", stream, self._consume(stream, "language", on_text))
 
     async def decode(self, job: Job, turn: Turn, modality: str, condition: Any) -> Any:
         lean = replace(turn, messages=[], params={modality: turn.params[modality]})
