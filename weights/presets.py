@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 WEIGHTS_ROOT = Path(__file__).resolve().parent
-DEFAULT_PRESET = "tiny"  # the one place the default preset is named
+DEFAULT_PRESET = "nano"  # the one place the default preset is named
 
 PRESETS = {
     "tiny": "toy sizes, random deterministic weights, built offline in seconds (tests, plumbing)",

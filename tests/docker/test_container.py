@@ -284,7 +284,7 @@ def test_serves_and_stops_cleanly_on_sigterm(podman_env, image, capsys):
         else:
             logs = podman(podman_env, "logs", name, check=False)
             pytest.fail(f"/ready not 200 after {READY_TIMEOUT_S} s:\n{logs.stdout[-4000:]}{logs.stderr[-4000:]}")
-        report(capsys, "start to /ready", time.monotonic() - start, "tiny preset built at first start, then warm-up")
+        report(capsys, "start to /ready", time.monotonic() - start, "nano preset loaded, then warm-up")
 
         # The image's own HEALTHCHECK command, run inside the container (podman has no timer here).
         health = podman(podman_env, "healthcheck", "run", name, check=False)

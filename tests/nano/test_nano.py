@@ -55,12 +55,15 @@ def test_asked_for_a_high_tone_it_plays_a_high_tone(nano):
     assert peak >= world.PITCH_EDGES[1], f"spectral peak {peak:.0f} Hz is not high"
 
 
-def test_asked_for_a_shape_moving_right_the_centroid_moves_right(nano):
-    result = chat(nano, "Animate a blue square moving right.")
-    assert result.video is not None, f"no video: {result.text!r} {result.skipped}"
-    track = [c for c in measure.centroid_track(result.video.frames) if c is not None]
-    assert len(track) >= 2 and track[-1][0] - track[0][0] > 3, f"centroid track {track}"
-    assert measure.direction_of(result.video.frames) == "right"
+@pytest.mark.xfail(strict=True, reason="nano's video decoder does not follow the direction yet: "
+                   "`nextgpt eval nano` measures 17-25% (chance is 25%); see weights/nano/README.md")
+def test_asked_for_a_shape_moving_each_way_the_centroid_moves_that_way(nano):
+    # all four directions: one prompt alone is right one time in four by chance
+    for direction in world.DIRECTIONS:
+        result = chat(nano, f"Animate a blue square moving {direction}.")
+        assert result.video is not None, f"no video: {result.text!r} {result.skipped}"
+        got = measure.direction_of(result.video.frames)
+        assert got == direction, f"asked {direction}, centroid track {measure.centroid_track(result.video.frames)}"
 
 
 def test_asked_what_colour_an_uploaded_blue_square_is_it_says_blue(nano):
