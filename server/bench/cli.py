@@ -23,6 +23,8 @@ def register(subparsers) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="clients in the concurrent scenario")
     p.add_argument("--repeat", type=int, default=5, help="runs per measurement (the median is kept)")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--profile", action="store_true", help="instead: where the time of each in-process scenario "
+                   "goes, ours and stock, stage by stage, from one cProfile'd run of each")
     p.add_argument("--ray", action="store_true", help="instead: the same HTTP requests served by one process and "
                    "by Ray Serve on this machine (every stage a deployment), as ratios, with where the time goes")
     p.set_defaults(func=run)
@@ -43,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         return run_ray(args, model_dir)
     rows = []
     model = NextGPT.from_pretrained(model_dir)
+    if args.profile:
+        return run_profile(model, model_dir, chosen)
     for name in [s for s in chosen if s in LIBRARY]:
         inputs, required = LIBRARY[name]
         rows.append(library.single_turn(model, model_dir, name, inputs, required, repeat=args.repeat))
@@ -64,6 +68,19 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps({"machine": machine(), "weights": str(model_dir),
                                          "rows": [r.as_dict() for r in rows]}, indent=2))
+    return 0
+
+
+def run_profile(model, model_dir: Path, chosen: tuple[str, ...]) -> int:
+    from . import library
+    from .profile import profile, table
+
+    sides = {name: library.single_turn_sides(model, model_dir, *LIBRARY[name]) for name in chosen if name in LIBRARY}
+    if "three-turn" in chosen:
+        sides["three-turn"] = library.three_turn_sides(model, model_dir)
+    for name, (ours, stock) in sides.items():
+        ours(), stock()  # warm: first-call costs are not what a profile should show
+        print(table(name, profile(ours), profile(stock)))
     return 0
 
 

@@ -35,23 +35,32 @@ def _ours(model: NextGPT, messages, required=()) -> dict[str, float]:
     return stages
 
 
-def single_turn(model: NextGPT, model_dir: Path, name: str, inputs=(), required=(), repeat=3) -> Comparison:
-    """One turn, media (if any) new to the encoder each time, as for a fresh request."""
+def single_turn_sides(model: NextGPT, model_dir: Path, inputs=(), required=()):
+    """(ours, stock) for one turn, media (if any) new to the encoder each time, as for a fresh request."""
     items = [_item(k) for k in inputs]
     messages = [Message("user", "Describe this and make what I ask.", items)]
 
     def ours():
         model.encoder.cache.clear()
         return _ours(model, messages, required)
+
+    def stock():
+        return stock_chat(model_dir, model, messages, SAMPLING.max_new_tokens, required)
+    return ours, stock
+
+
+def single_turn(model: NextGPT, model_dir: Path, name: str, inputs=(), required=(), repeat=3) -> Comparison:
+    ours, stock = single_turn_sides(model, model_dir, inputs, required)
     stages = ours()  # warm, and the per-stage breakdown
     ours_s = median_seconds(ours, repeat)
-    stock_s = median_seconds(lambda: stock_chat(model_dir, model, messages, SAMPLING.max_new_tokens, required), repeat)
+    stock_s = median_seconds(stock, repeat)
     what = "HF generate with all hidden states + attentions" + (", pipelines loaded per call" if required else "")
     return Comparison(name, ours_s, stock_s, what, stages=stages)
 
 
-def three_turns(model: NextGPT, model_dir: Path, repeat=2) -> Comparison:
-    """A conversation: image in; audio in + image out; video in + audio out, history kept."""
+def three_turn_sides(model: NextGPT, model_dir: Path):
+    """(ours, stock) for a conversation: image in; audio in + image out; video in + audio out,
+    history kept."""
     plan = [("Describe this picture.", ["image"], []), ("Now listen and draw it.", ["audio"], ["image"]),
             ("And this clip? Play a sound for it.", ["video"], ["audio"])]
     items = {k: _item(k) for k in ("image", "audio", "video")}
@@ -73,7 +82,12 @@ def three_turns(model: NextGPT, model_dir: Path, repeat=2) -> Comparison:
     def ours():
         model.encoder.cache.clear()  # a new conversation: its media are new to the encoder
         conversation(ours_turn)
-    return Comparison("three-turn conversation with media", median_seconds(ours, repeat),
-                      median_seconds(lambda: conversation(stock_turn), repeat),
+
+    return ours, lambda: conversation(stock_turn)
+
+
+def three_turns(model: NextGPT, model_dir: Path, repeat=2) -> Comparison:
+    ours, stock = three_turn_sides(model, model_dir)
+    return Comparison("three-turn conversation with media", median_seconds(ours, repeat), median_seconds(stock, repeat),
                       "media re-encoded every turn, pipelines loaded per call, HF generate with all states",
                       target=3.0)

@@ -60,7 +60,8 @@ def stock_decode(model_dir: Path, model: NextGPT, modality: str, condition: torc
     """Load the pipeline from disk, as the reference does on every request, then draw."""
     part = getattr(model.config.components, modality)
     kwargs = {"safety_checker": None, "requires_safety_checker": False} if modality == "image" else {}
-    pipe = PIPELINE_OF[modality].from_pretrained(str(model_dir / part), **kwargs)
+    # at the dtype the model runs at (the files may be fp16, as nano's are)
+    pipe = PIPELINE_OF[modality].from_pretrained(str(model_dir / part), dtype=condition.dtype, **kwargs)
     pipe.set_progress_bar_config(disable=True)
     common = dict(prompt_embeds=condition, num_inference_steps=params.num_inference_steps,
                   guidance_scale=params.guidance_scale, generator=torch.Generator().manual_seed(seed))
