@@ -19,6 +19,7 @@ import soundfile as sf
 from PIL import Image
 
 from models import media
+from models.media import video as media_video
 from models.media import (CorruptMediaError, MediaError, MediaLimits, MediaTooLargeError,
                           UnsupportedMediaError, VideoClip)
 
@@ -333,8 +334,8 @@ def test_variable_frame_rate():
 
 def test_frame_rate_fallback_without_declared_rate():
     stream = SimpleNamespace(average_rate=None, base_rate=None, guessed_rate=Fraction(0, 1))
-    assert media._frame_rate(stream, [0.0, 0.5, 1.0, 1.5]) == pytest.approx(2.0)
-    assert media._frame_rate(stream, [0.0]) == 1.0
+    assert media_video._frame_rate(stream, [0.0, 0.5, 1.0, 1.5]) == pytest.approx(2.0)
+    assert media_video._frame_rate(stream, [0.0]) == 1.0
 
 
 def test_video_limits():
