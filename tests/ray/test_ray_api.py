@@ -8,13 +8,12 @@ import time
 import httpx
 import pytest
 from openai import OpenAI
-from websockets.sync.client import connect
 
 from tests.server.server_kit import SLOW_VIDEO, image_part, user
 from tests.server.test_openai_sdk import (test_media_in_and_all_media_out,  # noqa: F401 (run here too)
                                           test_models_list, test_plain_string_messages_and_history,
                                           test_streaming_text_then_media)
-from tests.server.test_ws import TIMEOUT, recv, send, turn, until
+from tests.server.test_ws import send, session, turn, until
 
 
 @pytest.fixture()
@@ -29,9 +28,7 @@ def model_id(ray_server) -> str:
 
 @pytest.fixture()
 def ws(ray_server):
-    with connect(ray_server.ws_url, open_timeout=TIMEOUT, max_size=2**26) as socket:
-        hello = recv(socket)
-        assert hello["type"] == "session.created" and hello["model"] == "nextgpt-tiny"
+    with session(ray_server.ws_url) as socket:
         yield socket
 
 

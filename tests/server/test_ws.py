@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+from contextlib import contextmanager
 
 import pytest
 from PIL import Image
@@ -41,11 +42,18 @@ def turn(ws, *parts, text: str, rid: str, **extra) -> tuple[dict, list[dict]]:
     return done, seen
 
 
-@pytest.fixture()
-def ws(live):
-    with connect(live.ws_url, open_timeout=TIMEOUT, max_size=2**26) as socket:
+@contextmanager
+def session(ws_url: str):
+    """A WebSocket session on the tiny model, past its `session.created` greeting."""
+    with connect(ws_url, open_timeout=TIMEOUT, max_size=2**26) as socket:
         hello = recv(socket)
         assert hello["type"] == "session.created" and hello["model"] == "nextgpt-tiny"
+        yield socket
+
+
+@pytest.fixture()
+def ws(live):
+    with session(live.ws_url) as socket:
         yield socket
 
 
