@@ -185,6 +185,43 @@ class Stage:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
 
+class TextFirst:
+    """Counts the language calls waiting for the LLM or running on it. A decoder that shares the
+    LLM's device waits at its pause points while any is: from the moment a request asks for text,
+    not only once its prefill runs, so a first token never queues behind a denoising step."""
+
+    def __init__(self, max_wait_s: float = LLM_PRIORITY_MAX_WAIT_S):
+        self.max_wait_s = max_wait_s
+        self._lock = threading.Lock()
+        self._pending = 0
+        self._idle = threading.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        with self._lock:
+            self._pending += 1
+            self._idle.clear()
+
+    def leave(self) -> None:
+        with self._lock:
+            self._pending -= 1
+            if self._pending == 0:
+                self._idle.set()
+
+    @property
+    def idle(self) -> bool:
+        return self._idle.is_set()
+
+    def give_way(self) -> None:
+        """A decoder's pause point: return at once, or when no text is pending (at most max_wait_s)."""
+        self._idle.wait(self.max_wait_s)
+
+    def release_all(self) -> None:
+        with self._lock:
+            self._pending = 0
+            self._idle.set()
+
+
 class Ticket:
     """An admitted request's place in the queue; released exactly once."""
 
@@ -211,14 +248,21 @@ class ThreadStages:
         self.stages = {"language": Stage("language", metrics)}
         for name in DECODER_STAGES:
             self.stages[name] = Stage(name, metrics, decoder_workers if name in batched else 1)
-        # Text first: a decoder sharing the LLM's device pauses between its steps while the LLM
-        # generates, so a request's first token never waits behind another request's drawing.
-        self.llm_idle = threading.Event()
-        self.llm_idle.set()
+        # Text first: a decoder sharing the LLM's device pauses between its steps (and, on a CPU,
+        # between its UNet's blocks) while text is pending, so a request's first token never
+        # waits behind another request's drawing.
+        self.text_first = TextFirst()
         self.yields_to_llm = {m: str(d.device) == str(model.llm.device) for m, d in model.decoders.items()}
+        self.pause_hooks = [hook for m, decoder in model.decoders.items()
+                            if self.yields_to_llm[m] and decoder.device.type == "cpu"
+                            for hook in decoder.pause_inside_steps(self.text_first.give_way)]
 
     async def language(self, job: Job, turn: Turn) -> LanguageOutput:
-        return await self.stages["language"].call(job, self._language, job, turn)
+        self.text_first.enter()
+        try:  # the stage call returns when its thread is done (a deadline: within a token of it)
+            return await self.stages["language"].call(job, self._language, job, turn)
+        finally:
+            self.text_first.leave()
 
     async def decode(self, job: Job, turn: Turn, modality: str, condition: Any) -> Any:
         return await self.stages[modality].call(job, self._decode, job, turn, modality, condition)
@@ -226,22 +270,20 @@ class ThreadStages:
     # ------------------------------------------------------------------ run in the stage threads
 
     def _language(self, job: Job, turn: Turn) -> LanguageOutput:
-        on_text = first_token_timer(job, self.metrics)
-        self.llm_idle.clear()
-        try:
-            return language_stage(self.model, turn, on_text, job.should_stop)
-        finally:
-            self.llm_idle.set()
+        return language_stage(self.model, turn, first_token_timer(job, self.metrics), job.should_stop)
 
     def _decode(self, job: Job, turn: Turn, modality: str, condition: Any) -> Any:
         def on_step(step: int, total: int) -> None:
             job.emit(Progress(modality, step, total))
             if self.yields_to_llm.get(modality):
-                self.llm_idle.wait(LLM_PRIORITY_MAX_WAIT_S)
+                self.text_first.give_way()
 
         return decode_stage(self.model, turn, modality, condition, on_step, job.should_stop)
 
     def shutdown(self) -> None:
+        for hook in self.pause_hooks:  # the model may outlive this backend (tests, restarts)
+            hook.remove()
+        self.text_first.release_all()
         for stage in self.stages.values():
             stage.shutdown()
 

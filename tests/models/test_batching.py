@@ -91,3 +91,36 @@ def test_decoder_failure_reaches_every_waiter_and_worker_survives(tiny_model):
         batcher(torch.randn(1, 5, 7), params, 0)  # wrong conditioning width
     assert batcher(torch.randn(1, 77, 32), params, 0).size == (32, 32)
     batcher.close()
+
+
+def test_decoder_pauses_inside_a_denoising_step(tiny_model):
+    """A decoder sharing the CPU with the LLM can give way inside a step, not only between two."""
+    decoder = tiny_model.decoders["video"]
+    params = tiny_model.decoder_params("video", {"num_inference_steps": 2})
+    entered, go = threading.Event(), threading.Event()
+    calls = []
+
+    def wait():
+        calls.append(len(steps))
+        entered.set()
+        go.wait(60)
+
+    steps = []
+    hooks = decoder.pause_inside_steps(wait)
+    try:
+        threads, results = run_in_threads(
+            lambda: decoder(torch.randn(1, 77, 32), params, [0], on_step=lambda s, n: steps.append(s)), [()])
+        assert entered.wait(60)
+        assert steps == []  # held inside the first step's UNet call
+        go.set()
+        threads[0].join(60)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert steps == [1, 2] and not isinstance(results[0], BaseException)
+    unet = decoder.pipe.unet
+    per_call = len(unet.down_blocks) + 1 + len(unet.up_blocks)
+    assert len(calls) == 2 * per_call and calls[0] == 0 and calls[-1] == 1  # every block of both steps
+    calls.clear()
+    decoder(torch.randn(1, 77, 32), params, [0])
+    assert calls == []  # removed hooks stay removed

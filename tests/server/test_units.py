@@ -152,3 +152,26 @@ def test_unexpected_errors_are_500_without_a_traceback(tmp_path):
     response = TestClient(app, raise_server_exceptions=False).get("/boom")
     error = assert_error(response, 500, None, "internal_error")
     assert error["type"] == "server_error" and "secret" not in response.text
+
+
+def test_text_first_holds_decoders_while_any_text_is_pending():
+    import threading
+
+    from server.scheduler import TextFirst
+
+    gate = TextFirst()
+    assert gate.idle
+    gate.enter()
+    gate.enter()  # a second request waits for the LLM behind the first
+    gate.leave()
+    assert not gate.idle  # one is still pending: decoders keep waiting
+    passed = threading.Event()
+    waiter = threading.Thread(target=lambda: (gate.give_way(), passed.set()))
+    waiter.start()
+    assert not passed.wait(0.05)
+    gate.leave()
+    waiter.join(10)
+    assert passed.is_set() and gate.idle
+    gate.enter()
+    gate.release_all()  # shutdown frees every waiting decoder
+    assert gate.idle
