@@ -134,9 +134,11 @@ def animate_turns(rng, colour: str, shape: str, direction: str, ask: str | None 
 
 
 class Dialogues:
-    """Draws conversations from the training (or held-out) combinations of the world."""
+    """Draws conversations from the training combinations of the world (`held_out=False`), the
+    held-out ones (True) or all of them (None: text only, as a real LLM's pretraining knows every
+    phrase of the world's language)."""
 
-    def __init__(self, held_out: bool = False):
+    def __init__(self, held_out: bool | None = False):
         self.pairs = world.shape_pairs(held_out)
         self.tones = world.tone_pairs(held_out)
 

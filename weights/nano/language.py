@@ -48,14 +48,20 @@ STATE = "state.safetensors"
 # ----------------------------------------------------------------------------------- the Vicuna stand-in
 
 def stage_llm(ctx: Context) -> dict:
-    """Pretrain the base LLM on text-only conversations of the world (media written as captions)."""
+    """Pretrain the base LLM on text-only conversations of the world (media written as captions).
+
+    The text covers every colour/shape and pitch/timbre combination, the held-out ones too: Vicuna
+    knows "a green triangle" is a phrase long before NExT-GPT shows it an image of one. Text that
+    never put "green" before "triangle" would teach the LLM that the phrase cannot occur, and an
+    answer about a held-out image would bend to a seen pair whatever the image embedding says.
+    What stays held out is every pairing of those combinations with media, in every stage."""
     stage = "llm"
     ctx.seed_torch(stage)
     rng = ctx.rng(stage)
     tok = AutoTokenizer.from_pretrained(str(ctx.work / "tokenizers" / "llama"))
     vocab = tok.convert_tokens_to_ids("<Img>")  # the base vocabulary ends where NExT-GPT's tokens begin
     model = LlamaForCausalLM(LlamaConfig(vocab_size=vocab, bos_token_id=1, eos_token_id=2, **config.LLAMA)).train()
-    dialogues = Dialogues()
+    dialogues = Dialogues(held_out=None)
     n = ctx.batch(stage)
 
     def step(i):
