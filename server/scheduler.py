@@ -204,7 +204,7 @@ class TextFirst:
 
     def leave(self) -> None:
         with self._lock:
-            self._pending -= 1
+            self._pending = max(0, self._pending - 1)  # a call that outlives release_all
             if self._pending == 0:
                 self._idle.set()
 

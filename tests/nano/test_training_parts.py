@@ -43,6 +43,17 @@ def test_world_is_a_function_of_the_seed_and_hides_its_held_out_pairs():
     assert not seen & world.HELD_OUT_SHAPES
 
 
+def test_only_the_text_pretraining_reads_held_out_phrases():
+    """The Vicuna stand-in's text names every combination; no conversation with media does."""
+    rng = random.Random(0)
+    text = " ".join(dialogue.conversation_text(dialogue.Dialogues(held_out=None).conversation(rng))
+                    for _ in range(600))
+    for colour, shape in world.HELD_OUT_SHAPES:
+        assert world.article(f"a {colour} {shape}") in text
+    for pitch, timbre in world.HELD_OUT_TONES:
+        assert f"{pitch} {timbre}" in text
+
+
 def test_generation_answers_end_with_a_consecutive_signal_run(tmp_path):
     from models.signals import SIGNAL_SPECS, find_signal_run
     from weights.tokenizers_local import llama_tokenizer
@@ -152,3 +163,17 @@ def test_a_finished_stage_given_a_larger_budget_goes_on_from_its_end(tmp_path):
     assert ctx.extendable("vocoder")
     info = decoders.stage_vocoder(ctx)
     assert info["steps"] == 5 and any("extended from step 3 to 5" in line for line in logs)
+
+
+def test_redo_trains_a_finished_stage_again_from_step_zero(tmp_path):
+    from weights.nano import train
+
+    logs: list[str] = []
+    train.run(work=tmp_path, out=tmp_path / "model", stages=["vocoder"], quick=0.001, threads=1, log=logs.append)
+    assert (tmp_path / "vocoder" / "final.pt").is_file()
+    logs.clear()
+    train.run(work=tmp_path, out=tmp_path / "model", stages=["vocoder"], quick=0.001, threads=1, redo=True,
+              log=logs.append)
+    assert any("[vocoder] starting" in line for line in logs)
+    assert not any("extended from" in line or "skipped" in line for line in logs)
+    assert (tmp_path / "vocoder" / "DONE.json").is_file()

@@ -42,7 +42,12 @@ class Context:
         """Done with fewer steps than the budget now asks, and its final state kept: it can go on."""
         steps = self.info(stage).get("steps")
         return (self.done(stage) and stage in self.budget.steps and steps is not None
-                and steps < self.steps(stage) and (self.work / stage / "final.pt").is_file())
+                and steps < self.steps(stage) and (self.work / stage / FINAL).is_file())
+
+    def forget(self, stage: str) -> None:
+        """Drop a stage's marker and saved training states, so that it runs again from step 0."""
+        for name in (DONE, FINAL, CHECKPOINT):
+            (self.work / stage / name).unlink(missing_ok=True)
 
     def mark_done(self, stage: str, info: dict) -> None:
         (self.dir(stage) / DONE).write_text(json.dumps(info, indent=2))

@@ -68,9 +68,11 @@ def run(work: Path = DEFAULT_WORK, out: Path = DEFAULT_OUT, stages: list[str] | 
     ctx = Context(work=work, seed=seed, budget=budget, threads=threads, log=log)
     wanted = [s for s in (stages or ORDER) if s != "assemble"]
     for name in _closure(wanted):
-        if ctx.extendable(name):
+        if redo and name in wanted:  # from scratch: not from its saved end state
+            ctx.forget(name)
+        elif ctx.extendable(name):
             log(f"[{name}] done with {ctx.info(name)['steps']} steps; the budget asks {ctx.steps(name)}: extending")
-        elif ctx.done(name) and not (redo and name in wanted):
+        elif ctx.done(name):
             log(f"[{name}] done already ({ctx.info(name).get('seconds', '?')} s): skipped")
             continue
         log(f"[{name}] starting")
