@@ -42,6 +42,10 @@ class BatchingDecoder:
         self._pending: deque[_Job] = deque()
         self._cv = threading.Condition()
         self._closed = False
+        # Called with no lock held before each batch is formed. The server sets it to wait while
+        # text is pending: those requests' outputs come here next, and join this batch instead
+        # of waiting behind a batch that would only pause for their text anyway.
+        self.before_batch: Callable[[], None] | None = None
         self._worker = threading.Thread(target=self._loop, name=f"decoder-{decoder.modality}", daemon=True)
         if start:
             self._worker.start()
@@ -73,11 +77,15 @@ class BatchingDecoder:
             if job in self._pending:
                 self._pending.remove(job)
 
-    def _take_batch(self) -> list[_Job]:
+    def _wait_for_work(self) -> bool:
         with self._cv:
             while not self._pending and not self._closed:
                 self._cv.wait()
-            if self._closed:
+            return not self._closed
+
+    def _take_batch(self) -> list[_Job]:
+        with self._cv:
+            if self._closed or not self._pending:  # all withdrawn while before_batch waited
                 return []
             first = self._pending.popleft()
             batch = [first]
@@ -91,6 +99,10 @@ class BatchingDecoder:
 
     def _loop(self) -> None:
         while True:
+            if not self._wait_for_work():
+                return
+            if self.before_batch is not None:
+                self.before_batch()
             batch = [job for job in self._take_batch() if not job.cancelled()]
             if self._closed:
                 return

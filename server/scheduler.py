@@ -256,6 +256,9 @@ class ThreadStages:
         self.pause_hooks = [hook for m, decoder in model.decoders.items()
                             if self.yields_to_llm[m] and decoder.device.type == "cpu"
                             for hook in decoder.pause_inside_steps(self.text_first.give_way)]
+        for m, batcher in model.batchers.items():
+            if self.yields_to_llm.get(m):
+                batcher.before_batch = self.text_first.give_way
 
     async def language(self, job: Job, turn: Turn) -> LanguageOutput:
         self.text_first.enter()
@@ -283,6 +286,8 @@ class ThreadStages:
     def shutdown(self) -> None:
         for hook in self.pause_hooks:  # the model may outlive this backend (tests, restarts)
             hook.remove()
+        for batcher in self.model.batchers.values():
+            batcher.before_batch = None
         self.text_first.release_all()
         for stage in self.stages.values():
             stage.shutdown()

@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                             decoder_max_batch=args.concurrency)
         with BackgroundServer(settings) as server:
             for name, fn in (("http", lambda: web.http_overhead(server, args.repeat)),
-                             ("concurrent", lambda: web.concurrent_clients(server, args.concurrency)),
+                             ("concurrent", lambda: web.concurrent_clients(server, args.concurrency, min(args.repeat, 3))),
                              ("ttft", lambda: web.ttft_under_video(server, args.repeat))):
                 if name in chosen:
                     rows.append(fn())

@@ -124,3 +124,24 @@ def test_decoder_pauses_inside_a_denoising_step(tiny_model):
     calls.clear()
     decoder(torch.randn(1, 77, 32), params, [0])
     assert calls == []  # removed hooks stay removed
+
+
+def test_a_batch_forms_only_after_before_batch_returns(tiny_model):
+    """The server makes a decoder wait while text is pending, so requests still in the LLM join
+    the next batch instead of queueing behind a batch of one."""
+    decoder = tiny_model.decoders["image"]
+    params = tiny_model.decoder_params("image")
+    go, entered = threading.Event(), threading.Event()
+    batcher = BatchingDecoder(decoder, max_batch=8, start=False)
+    batcher.before_batch = lambda: (entered.set(), go.wait(60))
+    batcher.start()
+    first, results = run_in_threads(batcher, [(torch.randn(1, 77, 32), params, 0)])
+    assert entered.wait(60)  # work arrived; the worker holds before taking it
+    later, more = run_in_threads(batcher, [(torch.randn(1, 77, 32), params, s) for s in (1, 2)])
+    wait_until(lambda: batcher.queue_depth == 3)
+    go.set()
+    for t in first + later:
+        t.join(60)
+    assert batcher.batches_run == 1 and batcher.largest_batch == 3
+    assert all(r is not None and not isinstance(r, BaseException) for r in results + more)
+    batcher.close()
