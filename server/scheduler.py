@@ -250,7 +250,8 @@ class ThreadStages:
             self.stages[name] = Stage(name, metrics, decoder_workers if name in batched else 1)
         # Text first: a decoder sharing the LLM's device pauses between its steps (and, on a CPU,
         # between its UNet's blocks) while text is pending, so a request's first token never
-        # waits behind another request's drawing.
+        # waits behind another request's drawing; its batcher forms no batch meanwhile, so the
+        # requests still in the LLM join the next batch.
         self.text_first = TextFirst()
         self.yields_to_llm = {m: str(d.device) == str(model.llm.device) for m, d in model.decoders.items()}
         self.pause_hooks = [hook for m, decoder in model.decoders.items()
