@@ -8,14 +8,13 @@ one cancelled while its batch runs is answered at once and its share of the batc
 """
 from __future__ import annotations
 
-import threading
-from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
+from .call_queue import CallQueue, cancelled
 from .decoders import Decoder
 from .generate import GenerationCancelled
 
@@ -30,58 +29,24 @@ class _Job:
     future: Future = field(default_factory=Future)
 
     def cancelled(self) -> bool:
-        return self.should_stop is not None and self.should_stop()
+        return cancelled(self)
 
 
-class BatchingDecoder:
+class BatchingDecoder(CallQueue):
     def __init__(self, decoder: Decoder, max_batch: int = 8, start: bool = True):
         self.decoder = decoder
         self.max_batch = max_batch
         self.batches_run = 0
         self.largest_batch = 0
-        self._pending: deque[_Job] = deque()
-        self._cv = threading.Condition()
-        self._closed = False
         # Called with no lock held before each batch is formed. The server sets it to wait while
         # text is pending: those requests' outputs come here next, and join this batch instead
         # of waiting behind a batch that would only pause for their text anyway.
         self.before_batch: Callable[[], None] | None = None
-        self._worker = threading.Thread(target=self._loop, name=f"decoder-{decoder.modality}", daemon=True)
-        if start:
-            self._worker.start()
-
-    def start(self) -> None:
-        self._worker.start()
-
-    @property
-    def queue_depth(self) -> int:
-        with self._cv:
-            return len(self._pending)
+        super().__init__(f"decoder-{decoder.modality}", start)
 
     def __call__(self, condition, params, seed=None, on_step=None, should_stop=None):
         """Blocks until this request's output is ready; raises GenerationCancelled if stopped."""
-        job = _Job(condition, params, seed, on_step, should_stop)
-        with self._cv:
-            self._pending.append(job)
-            self._cv.notify()
-        while True:
-            try:
-                return job.future.result(timeout=0.05)
-            except TimeoutError:
-                if job.cancelled():
-                    self._withdraw(job)
-                    raise GenerationCancelled()
-
-    def _withdraw(self, job: _Job) -> None:
-        with self._cv:
-            if job in self._pending:
-                self._pending.remove(job)
-
-    def _wait_for_work(self) -> bool:
-        with self._cv:
-            while not self._pending and not self._closed:
-                self._cv.wait()
-            return not self._closed
+        return self._submit(_Job(condition, params, seed, on_step, should_stop))
 
     def _take_batch(self) -> list[_Job]:
         with self._cv:
@@ -133,9 +98,8 @@ class BatchingDecoder:
                 job.future.set_result(out)
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop taking work; wait (bounded) for the batch in progress, if any, to end."""
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-        if self._worker.is_alive():
-            self._worker.join(timeout)
+        """Stop taking work; wait (bounded) for the batch in progress, if any, to end; callers
+        still waiting get GenerationCancelled."""
+        for job in self._stop_worker(timeout):
+            if not job.future.done():
+                job.future.set_exception(GenerationCancelled())

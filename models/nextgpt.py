@@ -20,6 +20,7 @@ from .decoders import Decoder, DecoderLimits, ParameterError, merge_params, vali
 from .encoder import ImageBindEncoder
 from .generate import SamplingParams, feed_tokens, generate
 from .llm import LanguageModel
+from .llm_batching import BatchingGenerator
 from .loading import STAGES, build_projections, default_dtype, load_parts, quiet_loading  # noqa: F401 (re-exported)
 from .placement import Placement
 from .prompt import Turn, build_segments, splice_embeddings
@@ -43,6 +44,7 @@ class NextGPT:
         self.decoder_names = set(decoders if decoder_names is None else decoder_names)
         self.limits = limits
         self.batchers: dict[str, BatchingDecoder] = {}
+        self.llm_batcher: BatchingGenerator | None = None
         self.placement = placement
         self.device_locks = self._share_offload_slots(placement)
 
@@ -64,11 +66,20 @@ class NextGPT:
             if modality not in self.batchers:
                 self.batchers[modality] = BatchingDecoder(decoder, max_batch)
 
+    def enable_llm_batching(self, max_batch: int = 8) -> None:
+        """Concurrent language() calls then generate their tokens together, one forward pass per
+        token for all of them (continuous batching: each joins and leaves the batch on its own)."""
+        if self.llm is not None and self.llm_batcher is None:
+            self.llm_batcher = BatchingGenerator(self.llm.lm, max_batch)
+
     def close(self) -> None:
         """End the batching workers (their threads must not outlive the model at exit)."""
         for batcher in self.batchers.values():
             batcher.close()
         self.batchers.clear()
+        if self.llm_batcher is not None:
+            self.llm_batcher.close()
+            self.llm_batcher = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, devices: dict[str, str] | str = "cpu",
@@ -115,13 +126,18 @@ class NextGPT:
         embeds, _ = splice_embeddings(segments, self.llm.tokenize, self.llm.embed_ids,
                                       self.llm.tokenizer.bos_token_id, self.config.bos_per_text_segment)
         stream = TextStream(self.llm.decode_text, on_text)
-        gen, cache = generate(self.llm.lm, embeds, sampling, self.llm.stop_ids, stream.push, should_stop)
+        gen, cache = self._generate(embeds, sampling, stream.push, should_stop)
         timings["llm"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         conditions, skipped = self._conditions(gen, cache, allowed, required)
         timings["projection"] = time.perf_counter() - t0
         usage = Usage(prompt_tokens=embeds.shape[1], completion_tokens=len(gen.ids), media_items=n_media)
         return LanguageOutput(stream.final_text(gen.ids), gen.ids, gen.finish_reason, conditions, skipped, usage, timings)
+
+    def _generate(self, embeds: torch.Tensor, sampling: SamplingParams, on_token, should_stop):
+        if self.llm_batcher is not None:  # with whatever other requests are generating now
+            return self.llm_batcher(embeds, sampling, self.llm.stop_ids, on_token, should_stop)
+        return generate(self.llm.lm, embeds, sampling, self.llm.stop_ids, on_token, should_stop)
 
     def _conditions(self, gen, cache, allowed: set[str], required: set[str]):
         """Hidden states at each signal run (emitted, or appended when required) -> projections."""

@@ -72,6 +72,8 @@ def load_model(settings: Settings) -> Any:
         model = NextGPT.from_pretrained(path, devices=settings.device_map(), limits=settings.decoder_limits())
     if settings.decoder_max_batch > 1:
         model.enable_batching(settings.decoder_max_batch)
+    if settings.llm_max_batch > 1:
+        model.enable_llm_batching(settings.llm_max_batch)
     return model
 
 

@@ -245,7 +245,10 @@ class ThreadStages:
         self.model = model
         self.metrics = metrics
         batched = model.batchers  # only a batching decoder may run calls side by side
-        self.stages = {"language": Stage("language", metrics)}
+        # the language stage likewise: as many calls at once as the LLM's batch has rows, each
+        # encoding its media and projecting its outputs alone and generating in the shared batch
+        rows = model.llm_batcher.max_batch if model.llm_batcher is not None else 1
+        self.stages = {"language": Stage("language", metrics, rows)}
         for name in DECODER_STAGES:
             self.stages[name] = Stage(name, metrics, decoder_workers if name in batched else 1)
         # Text first: a decoder sharing the LLM's device pauses between its steps (and, on a CPU,

@@ -81,6 +81,8 @@ class Settings(BaseSettings):
                                       "finish before they are cancelled (keep it under the orchestrator's grace period)")
     decoder_max_batch: int = Field(8, ge=1, description="concurrent requests' decoder calls with equal "
                                    "parameters share one pipeline call, up to this many; 1 turns batching off")
+    llm_max_batch: int = Field(8, ge=1, description="concurrent requests generate their tokens together, one "
+                               "forward pass per token for up to this many (continuous batching); 1 turns it off")
     # --- generated files -----------------------------------------------------------------------
     files_dir: Path | None = Field(None, description="where generated media are kept; default: a temp dir")
     file_ttl_s: float = Field(3600.0, gt=0, description="generated media are deleted this long after creation")

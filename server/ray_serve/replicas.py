@@ -83,12 +83,17 @@ class EncoderStage:
 @serve.deployment
 class LanguageStage:
     """The LLM and the output projections: a turn (media already encoded) -> text deltas, then
-    the LanguageOutput with the decoders' conditions. One generation at a time per replica, as
-    the in-process language stage: more concurrent turns need more replicas."""
+    the LanguageOutput with the decoders' conditions. Concurrent turns generate in one batch (the
+    model's BatchingGenerator, up to `llm_max_batch`), as in the in-process server."""
 
     def __init__(self, settings: dict, decoder_names: list[str]):
-        self.model = load_stage(Settings(**settings), ("llm",), decoder_names)
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="nextgpt-language")
+        config = Settings(**settings)
+        self.model = load_stage(config, ("llm",), decoder_names)
+        workers = 1
+        if config.llm_max_batch > 1:
+            self.model.enable_llm_batching(config.llm_max_batch)
+            workers = config.llm_max_batch
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="nextgpt-language")
         self.name = replica_name()
 
     async def language(self, turn: Turn) -> AsyncIterator[tuple]:
@@ -99,6 +104,11 @@ class LanguageStage:
 
         async for item in stream_from_thread(self.executor, work):
             yield item
+
+    def __del__(self):
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.close()  # the generation worker thread ends with the replica
 
 
 @serve.deployment

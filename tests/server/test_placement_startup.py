@@ -62,9 +62,13 @@ class FakeModel:
     def __init__(self, placement=None):
         self.placement = placement
         self.batching = None
+        self.llm_batching = None
 
     def enable_batching(self, max_batch):
         self.batching = max_batch
+
+    def enable_llm_batching(self, max_batch):
+        self.llm_batching = max_batch
 
 
 @pytest.fixture()
@@ -89,10 +93,12 @@ def loads(monkeypatch):
 
 def test_auto_devices_plan_the_release_and_log_the_table(loads, caplog):
     with caplog.at_level(logging.INFO, logger="nextgpt.server"):
-        model = engine.load_model(Settings(weights="release", devices="auto", gpu_budget=0.9, decoder_max_batch=4))
+        model = engine.load_model(Settings(weights="release", devices="auto", gpu_budget=0.9, decoder_max_batch=4,
+                                          llm_max_batch=3))
     (call,) = loads
     placement = call["placement"]
     assert "devices" not in call and model.placement is placement and model.batching == 4
+    assert model.llm_batching == 3
     assert placement.stages["llm"].quantize == "int8" and placement.stages["video"].offload == "model"
     assert placement.describe() in caplog.text and "NVIDIA GeForce RTX 4090" in caplog.text
     loads.clear()

@@ -1,0 +1,232 @@
+"""Continuous batching of token generation across concurrent requests.
+
+Callers (one thread per request) submit prompt embeddings; one worker runs every admitted
+request's next token in ONE forward pass. A request joins the running batch as soon as a row is
+free (its prompt is prefilled alone, then its KV cache is merged in, left-padded to the batch's
+length) and leaves it the moment it ends, so a short answer never waits for a long one and a
+slot never idles while someone waits. Each row samples with its own generator from its own
+logits, so a batched result equals the unbatched `generate` for the same seed.
+
+Layout of the shared cache: every layer's keys and values are (B, heads, T, head_dim), each row's
+real positions packed to the right; `mask` (B, T) marks them. Padding is only ever added on the
+left (a longer newcomer pads the others, a shorter one pads itself), so a row's real positions
+are always its last `mask[row].sum()` ones, and its next position id is that count.
+"""
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from .call_queue import CallQueue, cancelled
+from .generate import Generation, GenerationCancelled, SamplingParams, forward_embeds, sample
+
+
+@dataclass
+class _Request:
+    embeds: torch.Tensor  # (1, T, H) the prompt
+    params: SamplingParams
+    stop_ids: set[int]
+    on_token: Callable[[int], None] | None
+    should_stop: Callable[[], bool] | None
+    future: Future = field(default_factory=Future)
+    result: Generation = field(default_factory=lambda: Generation(ids=[]))
+    logits: torch.Tensor | None = None  # (1, V): what it samples its next token from
+    generator: torch.Generator | None = None
+
+    def cancelled(self) -> bool:
+        return cancelled(self)
+
+
+def _pad_left(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    """Zeros in front of `x` along `dim` (counted from the end: -2 for (B, h, T, d), -1 for (B, T))."""
+    if n == 0:
+        return x
+    pad = [0, 0] * (-dim - 1) + [n, 0]
+    return F.pad(x, pad)
+
+
+class SharedCache:
+    """The running rows' KV cache and the mask of their real positions."""
+
+    def __init__(self):
+        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values (B, h, T, d)
+        self.mask: torch.Tensor | None = None  # (B, T) long, 1 at real positions
+
+    @property
+    def rows(self) -> int:
+        return 0 if self.mask is None else self.mask.shape[0]
+
+    def add(self, cache: DynamicCache) -> None:
+        """Append one request's own cache (batch 1, no padding) as the last row."""
+        new = [(layer.keys, layer.values) for layer in cache.layers]
+        length = new[0][0].shape[-2]
+        ones = torch.ones(1, length, dtype=torch.long, device=new[0][0].device)
+        if self.mask is None:
+            self.layers, self.mask = new, ones
+            return
+        width = max(self.mask.shape[1], length)
+        grow, short = width - self.mask.shape[1], width - length
+        self.layers = [(torch.cat([_pad_left(k, grow, -2), _pad_left(nk, short, -2)]),
+                        torch.cat([_pad_left(v, grow, -2), _pad_left(nv, short, -2)]))
+                       for (k, v), (nk, nv) in zip(self.layers, new)]
+        self.mask = torch.cat([_pad_left(self.mask, grow, -1), _pad_left(ones, short, -1)])
+
+    def keep(self, rows: list[int]) -> None:
+        """Drop every other row, then the leading columns that are padding in all that remain."""
+        if not rows:
+            self.layers, self.mask = [], None
+            return
+        index = torch.tensor(rows, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        start = int((mask.sum(0) > 0).nonzero()[0])  # first column some row still uses
+        self.mask = mask[:, start:]
+        self.layers = [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+                       for k, v in self.layers]
+
+    def row(self, i: int) -> DynamicCache:
+        """Row i's own cache: its real positions only, batch 1, as `generate` would have left it."""
+        n = int(self.mask[i].sum())
+        return DynamicCache([(k[i:i + 1, :, -n:], v[i:i + 1, :, -n:]) for k, v in self.layers])
+
+    def as_cache(self) -> DynamicCache:
+        return DynamicCache(list(self.layers))
+
+    def positions(self) -> torch.Tensor:
+        return self.mask.sum(1, keepdim=True)  # (B, 1): each row's next position id
+
+
+def decode_batch(lm, tokens: list[int], shared: SharedCache) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per row through the model -> logits (B, V) and last-layer states (B, H)."""
+    device = shared.mask.device
+    ids = torch.tensor(tokens, device=device).unsqueeze(1)  # (B, 1)
+    positions = shared.positions()
+    mask = torch.cat([shared.mask, torch.ones_like(positions)], dim=1)  # (B, T + 1)
+    cache = shared.as_cache()
+    out = lm.model(inputs_embeds=lm.model.embed_tokens(ids), attention_mask=mask, position_ids=positions,
+                   cache=cache, use_cache=True)
+    hidden = out.last_hidden_state[:, -1]  # (B, H)
+    shared.layers = [(layer.keys, layer.values) for layer in cache.layers]
+    shared.mask = mask
+    return lm.lm_head(hidden).float(), hidden
+
+
+class BatchingGenerator(CallQueue):
+    """`generate` for many concurrent callers, run as one batch by a single worker thread."""
+
+    def __init__(self, lm, max_batch: int = 8, start: bool = True):
+        self.lm = lm
+        self.max_batch = max_batch
+        self.steps_run = 0  # batched decode steps
+        self.largest_batch = 0
+        self._rows: list[_Request] = []  # in the order of the shared cache's rows
+        self._shared = SharedCache()
+        super().__init__("llm-batch", start)
+
+    def __call__(self, inputs_embeds: torch.Tensor, params: SamplingParams, stop_ids: set[int],
+                 on_token: Callable[[int], None] | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> tuple[Generation, DynamicCache]:
+        """What `generate` returns, for this caller alone; raises GenerationCancelled if stopped
+        (a running request's row is dropped at the worker's next step)."""
+        return self._submit(_Request(inputs_embeds, params, set(stop_ids), on_token, should_stop))
+
+    # ------------------------------------------------------------------ the worker
+
+    @torch.inference_mode()  # this thread's own mode: the callers' does not reach it
+    def _loop(self) -> None:
+        while self._wait_for_work():
+            try:
+                self._admit()
+                self._sample_rows()
+                if self._rows:
+                    self._step()
+            except BaseException as exc:  # every running caller learns it; the worker lives on
+                self._fail_all(exc)
+
+    def _has_work(self) -> bool:
+        return bool(self._pending or self._rows)
+
+    def _admit(self) -> None:
+        """Prefill waiting requests, alone, while rows are free; each joins the shared cache."""
+        while len(self._rows) < self.max_batch:
+            with self._cv:
+                if not self._pending:
+                    return
+                request = self._pending.popleft()
+            if request.cancelled():
+                request.future.set_exception(GenerationCancelled())
+                continue
+            try:
+                cache = self._prefill(request)
+            except Exception as exc:  # this request's prompt failed: the batch goes on without it
+                request.future.set_exception(exc)
+                continue
+            self._shared.add(cache)
+            self._rows.append(request)
+
+    def _prefill(self, request: _Request) -> DynamicCache:
+        if request.params.seed is not None:
+            request.generator = torch.Generator(device=request.embeds.device).manual_seed(request.params.seed)
+        cache = DynamicCache()
+        request.logits, _ = forward_embeds(self.lm, request.embeds, cache)  # (1, V)
+        return cache
+
+    def _sample_rows(self) -> None:
+        """Each row's next token, as `generate` samples it; rows that end leave the batch."""
+        keep = []
+        for i, request in enumerate(self._rows):
+            try:
+                if self._advance(request):
+                    keep.append(i)
+                    continue
+                request.future.set_result((request.result, self._shared.row(i)))
+            except BaseException as exc:  # this caller's callback failed or it was cancelled
+                request.future.set_exception(exc)
+        if len(keep) < len(self._rows):
+            self._rows = [self._rows[i] for i in keep]
+            self._shared.keep(keep)
+
+    def _advance(self, request: _Request) -> bool:
+        """Sample one token for `request`; True while it still needs the token fed to the model."""
+        result, params = request.result, request.params
+        if request.cancelled():
+            raise GenerationCancelled()
+        if len(result.ids) >= params.max_new_tokens:
+            result.finish_reason = "length"
+            return False
+        token = sample(request.logits, params.temperature, params.top_p, request.generator)
+        if token in request.stop_ids:
+            return False
+        result.ids.append(token)
+        if request.on_token is not None:
+            request.on_token(token)
+        if len(result.ids) >= params.max_new_tokens:  # the last token is never fed, as in generate
+            result.finish_reason = "length"
+            return False
+        return True
+
+    def _step(self) -> None:
+        tokens = [request.result.ids[-1] for request in self._rows]
+        logits, hidden = decode_batch(self.lm, tokens, self._shared)
+        self.steps_run += 1
+        self.largest_batch = max(self.largest_batch, len(self._rows))
+        for i, request in enumerate(self._rows):
+            request.logits = logits[i:i + 1]
+            request.result.hidden.append(hidden[i])
+
+    def _fail_all(self, exc: BaseException) -> None:
+        for request in self._rows:
+            if not request.future.done():
+                request.future.set_exception(exc)
+        self._rows = []
+        self._shared = SharedCache()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop taking work; callers still waiting or running get GenerationCancelled."""
+        for request in self._stop_worker(timeout) + self._rows:
+            if not request.future.done():
+                request.future.set_exception(GenerationCancelled())
