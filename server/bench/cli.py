@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         print(_line(rows[-1]), file=sys.stderr)
     if {"http", "concurrent", "ttft"} & set(chosen):
         settings = Settings(weights=str(model_dir), devices="cpu", queue_size=max(64, args.concurrency * 2),
-                            decoder_max_batch=args.concurrency)
+                            decoder_max_batch=args.concurrency, llm_max_batch=args.concurrency)
         with BackgroundServer(settings) as server:
             for name, fn in (("http", lambda: web.http_overhead(server, args.repeat)),
                              ("concurrent", lambda: web.concurrent_clients(server, args.concurrency, min(args.repeat, 3))),
@@ -90,7 +90,7 @@ def run_ray(args: argparse.Namespace, model_dir: Path) -> int:
     from . import ray_compare
 
     settings = Settings(weights=str(model_dir), devices="cpu", queue_size=max(64, args.concurrency * 2),
-                        decoder_max_batch=args.concurrency)
+                        decoder_max_batch=args.concurrency, llm_max_batch=args.concurrency)
     rows = ray_compare.compare(settings, args.repeat, args.concurrency, lambda line: print(line, file=sys.stderr))
     print(report(rows, model_dir))
     if args.json:

@@ -73,8 +73,10 @@ def concurrent_clients(server: BackgroundServer, clients: int, repeat: int = 3) 
 
     rounds = [(one_by_one(), together()) for _ in range(max(1, repeat))]
     alone, together_s = (statistics.median(r[k] for r in rounds) for k in (0, 1))
-    batcher = server.app.state.host.model.batchers.get("image")
-    stages = {"largest_image_batch": float(batcher.largest_batch if batcher else 1)}
+    model = server.app.state.host.model
+    batcher, generator = model.batchers.get("image"), model.llm_batcher
+    stages = {"largest_image_batch": float(batcher.largest_batch if batcher else 1),
+              "largest_llm_batch": float(generator.largest_batch if generator else 1)}
     return Comparison(f"{clients} concurrent clients (text + image), throughput", together_s, alone,
                       "the same requests served one by one", target=2.0, stages=stages)
 

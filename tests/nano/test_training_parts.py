@@ -70,7 +70,8 @@ def test_generation_answers_end_with_a_consecutive_signal_run(tmp_path):
 
 
 def test_video_unet_starts_as_the_image_unet_frame_by_frame():
-    from weights.nano.decoders import image_unet, video_unet_from
+    from weights.nano.decoders import image_unet
+    from weights.nano.video import video_unet_from
 
     torch.manual_seed(0)
     image = image_unet().eval()
@@ -177,3 +178,26 @@ def test_redo_trains_a_finished_stage_again_from_step_zero(tmp_path):
     assert any("[vocoder] starting" in line for line in logs)
     assert not any("extended from" in line or "skipped" in line for line in logs)
     assert (tmp_path / "vocoder" / "DONE.json").is_file()
+
+
+def test_imagebind_positions_start_at_the_tokens_scale_and_the_stems_learn_slowly(tmp_path, monkeypatch):
+    from weights.nano import common, encoder
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def before_training(stage, ctx, params, step, lr, param_groups=None, modules=None, **kwargs):
+        seen.update(groups=param_groups, model=modules["model"])
+        raise Stop
+
+    monkeypatch.setattr(encoder, "train_loop", before_training)
+    with pytest.raises(Stop):
+        encoder.stage_imagebind(common.Context(work=tmp_path))
+    stems, rest = seen["groups"]
+    assert stems["lr_scale"] == encoder.STEM_LR_SCALE and "lr_scale" not in rest
+    assert len(stems["params"]) == 4  # the vision conv; the audio conv and its norm's weight and bias
+    for tower in ("vision", "audio"):
+        pos = seen["model"].modality_preprocessors[tower].pos_embedding_helper.pos_embed
+        assert 0.8 < float(pos.std()) < 1.2

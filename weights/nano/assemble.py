@@ -56,7 +56,7 @@ def assemble(ctx: Context, out: Path) -> Path:
         AutoTokenizer.from_pretrained(str(work / "tokenizers" / "llama")).save_pretrained(str(tmp / parts.nextgpt))
         save_file(_fp16(load_file(str(work / "instruct" / "state.safetensors"))), str(tmp / parts.nextgpt / CHECKPOINT_FILE))
         for kind in ("image", "audio", "video"):
-            _pipeline_fp16(work / f"{kind}_decoder", tmp / getattr(parts, kind), kind)
+            _pipeline_fp16(work / config.DECODER_STAGE_DIRS[kind], tmp / getattr(parts, kind), kind)
         cfg.save(tmp)
         (tmp / "README.txt").write_text(README)
         timings = {s: ctx.info(s).get("seconds") for s in sorted(p.name for p in work.iterdir() if (p / "DONE.json").is_file())}

@@ -13,8 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import (AudioLDMPipeline, AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
-                       StableDiffusionPipeline, TextToVideoSDPipeline, UNet2DConditionModel,
-                       UNet3DConditionModel)
+                       StableDiffusionPipeline, UNet2DConditionModel)
 from transformers import (AutoTokenizer, ClapTextModelWithProjection, CLIPTextModel, SpeechT5HifiGan,
                           SpeechT5HifiGanConfig)
 
@@ -57,13 +56,6 @@ def image_batch(rng: random.Random, n: int, pairs=None) -> tuple[torch.Tensor, l
     samples = [world.random_shape(rng, pairs or world.shape_pairs()) for _ in range(n)]
     x = np.stack([np.asarray(s.image(), dtype=np.float32) for s in samples]) / 127.5 - 1
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), [s.caption for s in samples]
-
-
-def video_batch(rng: random.Random, n: int) -> tuple[torch.Tensor, list[str]]:
-    """(n, 8, 3, 32, 32) in [-1, 1] and their captions."""
-    samples = [world.random_video(rng, world.shape_pairs()) for _ in range(n)]
-    x = np.stack([s.frames().astype(np.float32) for s in samples]) / 127.5 - 1
-    return torch.from_numpy(x).permute(0, 1, 4, 2, 3).contiguous(), [s.caption for s in samples]
 
 
 def tone_batch(rng: random.Random, n: int, drop_timbre: float = 0.0) -> tuple[torch.Tensor, list[str]]:
@@ -142,7 +134,7 @@ def image_unet() -> UNet2DConditionModel:
         use_linear_projection=True)  # as UNet3D's attention: the video UNet starts from these weights
 
 
-def _diffusion_step(unet, latents: torch.Tensor, sched: DDPMScheduler, **cond) -> torch.Tensor:
+def diffusion_loss(unet, latents: torch.Tensor, sched: DDPMScheduler, **cond) -> torch.Tensor:
     noise = torch.randn_like(latents)
     t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],))
     noisy = sched.add_noise(latents, noise, t)
@@ -173,7 +165,7 @@ def stage_image_unet(ctx: Context) -> dict:
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample() * sf
         cond = clip_encode(tokenizer, text, drop_captions(rng, captions))
-        return {"loss": _diffusion_step(unet, z, sched, encoder_hidden_states=cond)}
+        return {"loss": diffusion_loss(unet, z, sched, encoder_hidden_states=cond)}
 
     info = train_loop(stage, ctx, list(unet.parameters()) + list(text.parameters()), step, lr=5e-4, ema=emas,
                       modules={"unet": unet, "text": text}, rng=rng)
@@ -244,7 +236,7 @@ def stage_audio_unet(ctx: Context) -> dict:
             z = vae.encode(audio.log_mel(waves).unsqueeze(1)).latent_dist.sample() * sf
         captions = drop_captions(rng, captions)
         cond = clap_encode(tokenizer, text, captions)
-        diffusion = _diffusion_step(unet, z, sched, encoder_hidden_states=None, class_labels=cond)
+        diffusion = diffusion_loss(unet, z, sched, encoder_hidden_states=None, class_labels=cond)
         # CLAP's pooled, projected, L2-normalised embedding collapses (every caption at cosine 0.999)
         # when only the UNet's loss shapes it; a uniformity term keeps different captions apart
         unique = clap_encode(tokenizer, text, sorted(set(captions) | {""}))
@@ -257,65 +249,4 @@ def stage_audio_unet(ctx: Context) -> dict:
     pipe = AudioLDMPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
                             unet=emas[0].copy_to().eval(), scheduler=sampler(), vocoder=vocoder)
     pipe.save_pretrained(str(ctx.dir("audio_decoder")))
-    return info
-
-
-# ----------------------------------------------------------------------------------- video
-
-def video_unet_from(image: UNet2DConditionModel) -> UNet3DConditionModel:
-    """A UNet3D with the image UNet's spatial weights; its temporal layers start as identities."""
-    ch = config.UNET_CHANNELS
-    unet = UNet3DConditionModel(
-        block_out_channels=ch, layers_per_block=1, sample_size=world.IMAGE_SIZE // 2, in_channels=4, out_channels=4,
-        down_block_types=("DownBlock3D",) + ("CrossAttnDownBlock3D",) * (len(ch) - 1),
-        up_block_types=("CrossAttnUpBlock3D",) * (len(ch) - 1) + ("UpBlock3D",),
-        # UNet3D reads attention_head_dim as the width of a head, UNet2D as the number of heads:
-        # 96 channels / 12 = the image UNet's 8 heads
-        cross_attention_dim=config.CONDITION_DIM, attention_head_dim=ch[-1] // 8, norm_num_groups=16)
-    spatial = image.state_dict()
-    own = unet.state_dict()
-    copied = {k: v for k, v in spatial.items() if k in own and own[k].shape == v.shape}
-    missing = [k for k in spatial if k not in copied]
-    if missing:
-        raise RuntimeError(f"image UNet weights with no place in the video UNet: {missing[:5]}")
-    unet.load_state_dict(copied, strict=False)
-    with torch.no_grad():  # temporal attention outputs start at zero (temporal convs already do)
-        for name, module in unet.named_modules():
-            if ("temp_attentions" in name or name.startswith("transformer_in")) and name.endswith("proj_out"):
-                module.weight.zero_()
-                module.bias.zero_()
-    return unet
-
-
-def stage_video_unet(ctx: Context) -> dict:
-    stage = "video_unet"
-    ctx.seed_torch(stage)
-    rng = ctx.rng(stage)
-    image = StableDiffusionPipeline.from_pretrained(str(ctx.work / "image_decoder"), safety_checker=None,
-                                                    requires_safety_checker=False)
-    vae = image.vae.eval().requires_grad_(False)
-    tokenizer, text = image.tokenizer, image.text_encoder.train()
-    unet = video_unet_from(image.unet).train()
-    sched = noise_schedule()
-    emas = [EMA(unet, 0.995), EMA(text, 0.995)]
-    n, sf = ctx.batch(stage), vae.config.scaling_factor
-    temporal = [p for k, p in unet.named_parameters() if "temp_" in k or "transformer_in" in k]
-    ids = {id(p) for p in temporal}
-    spatial = [p for p in unet.parameters() if id(p) not in ids] + list(text.parameters())
-
-    def step(i):
-        x, captions = video_batch(rng, n)  # (n, F, 3, H, W)
-        b, f = x.shape[:2]
-        with torch.no_grad():
-            z = vae.encode(x.flatten(0, 1)).latent_dist.sample() * sf  # (n*F, 4, h, w)
-            z = z.unflatten(0, (b, f)).permute(0, 2, 1, 3, 4)  # (n, 4, F, h, w): the pipeline's layout
-        cond = clip_encode(tokenizer, text, drop_captions(rng, captions))
-        return {"loss": _diffusion_step(unet, z, sched, encoder_hidden_states=cond)}
-
-    groups = [{"params": temporal, "lr_scale": 1.0}, {"params": spatial, "lr_scale": 0.3}]
-    info = train_loop(stage, ctx, None, step, lr=1e-3, ema=emas, param_groups=groups,
-                      modules={"unet": unet, "text": text}, rng=rng)
-    pipe = TextToVideoSDPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
-                                 unet=emas[0].copy_to().eval(), scheduler=sampler())
-    pipe.save_pretrained(str(ctx.dir("video_decoder")))
     return info

@@ -182,10 +182,11 @@ class Targets:
         from .decoders import clap_encode, clip_encode
 
         w = ctx.work
-        img = StableDiffusionPipeline.from_pretrained(str(w / "image_decoder"), safety_checker=None,
+        dirs = config.DECODER_STAGE_DIRS
+        img = StableDiffusionPipeline.from_pretrained(str(w / dirs["image"]), safety_checker=None,
                                                       requires_safety_checker=False)
-        vid = TextToVideoSDPipeline.from_pretrained(str(w / "video_decoder"))
-        aud = AudioLDMPipeline.from_pretrained(str(w / "audio_decoder"))
+        vid = TextToVideoSDPipeline.from_pretrained(str(w / dirs["video"]))
+        aud = AudioLDMPipeline.from_pretrained(str(w / dirs["audio"]))
         self.encoders = {
             "image": lambda c: clip_encode(img.tokenizer, img.text_encoder.eval(), [c])[0],
             "video": lambda c: clip_encode(vid.tokenizer, vid.text_encoder.eval(), [c])[0],

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..presets import WEIGHTS_ROOT, preset_dir
-from . import decoders, encoder, language
+from . import decoders, encoder, language, video
 from .common import Context, set_threads
 from .config import Budget
 
@@ -27,7 +27,7 @@ STAGES: dict[str, tuple[Callable[[Context], dict], tuple[str, ...]]] = {
     "image_unet": (decoders.stage_image_unet, ("tokenizers", "image_vae")),
     "audio_vae": (decoders.stage_audio_vae, ()),
     "audio_unet": (decoders.stage_audio_unet, ("tokenizers", "audio_vae", "vocoder")),
-    "video_unet": (decoders.stage_video_unet, ("image_unet",)),
+    "video_unet": (video.stage_video_unet, ("image_unet",)),
     "imagebind": (encoder.stage_imagebind, ()),
     "llm": (language.stage_llm, ("tokenizers",)),
     "align_input": (language.stage_align_input, ("llm", "imagebind")),
