@@ -62,6 +62,32 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     return int(order[choice])
 
 
+def seeded_generator(params: SamplingParams, device) -> torch.Generator | None:
+    if params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed)
+
+
+def accept_token(result: Generation, logits: torch.Tensor, params: SamplingParams, stop_ids: set[int],
+                 generator: torch.Generator | None, on_token: Callable[[int], None] | None = None) -> bool:
+    """Sample the next token from `logits` (1, V) into `result`. True while it must be fed to the
+    model: False at a stop token (not kept) or once `max_new_tokens` are out (the last one is
+    never fed: nothing would read its output)."""
+    if len(result.ids) >= params.max_new_tokens:
+        result.finish_reason = "length"
+        return False
+    token = sample(logits, params.temperature, params.top_p, generator)
+    if token in stop_ids:
+        return False
+    result.ids.append(token)
+    if on_token is not None:
+        on_token(token)
+    if len(result.ids) >= params.max_new_tokens:
+        result.finish_reason = "length"
+        return False
+    return True
+
+
 def generate(
     lm,
     inputs_embeds: torch.Tensor,
@@ -71,27 +97,17 @@ def generate(
     should_stop: Callable[[], bool] | None = None,
 ) -> tuple[Generation, DynamicCache]:
     """Generate from prompt embeddings; every generated token except possibly the last is fed."""
-    device = inputs_embeds.device
-    generator = None
-    if params.seed is not None:
-        generator = torch.Generator(device=device).manual_seed(params.seed)
+    generator = seeded_generator(params, inputs_embeds.device)
     cache = DynamicCache()
     logits = prefill(lm, inputs_embeds, cache)
     result = Generation(ids=[])
-    for step in range(params.max_new_tokens):
+    while True:
         if should_stop is not None and should_stop():
             raise GenerationCancelled()
-        token = sample(logits, params.temperature, params.top_p, generator)
-        if token in stop_ids:
+        if not accept_token(result, logits, params, stop_ids, generator, on_token):
             return result, cache
-        result.ids.append(token)
-        if on_token is not None:
-            on_token(token)
-        if step + 1 < params.max_new_tokens:
-            logits, hidden = decode_one_token(lm, token, cache)
-            result.hidden.append(hidden)
-    result.finish_reason = "length"
-    return result, cache
+        logits, hidden = decode_one_token(lm, result.ids[-1], cache)
+        result.hidden.append(hidden)
 
 
 def feed_tokens(lm, ids: list[int], cache: DynamicCache) -> torch.Tensor:

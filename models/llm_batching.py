@@ -23,7 +23,8 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from .call_queue import CallQueue, cancelled
-from .generate import Generation, GenerationCancelled, SamplingParams, forward_embeds, sample
+from .generate import (Generation, GenerationCancelled, SamplingParams, accept_token, forward_embeds,
+                       seeded_generator)
 
 
 @dataclass
@@ -51,15 +52,21 @@ def _pad_left(x: torch.Tensor, n: int, dim: int) -> torch.Tensor:
 
 
 class SharedCache:
-    """The running rows' KV cache and the mask of their real positions."""
+    """The running rows' KV cache and the mask of their real positions. The DynamicCache itself is
+    kept between steps (each step appends in place); it is rebuilt only when rows join or leave."""
 
     def __init__(self):
-        self.layers: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer: keys, values (B, h, T, d)
+        self.cache: DynamicCache | None = None
         self.mask: torch.Tensor | None = None  # (B, T) long, 1 at real positions
 
     @property
     def rows(self) -> int:
         return 0 if self.mask is None else self.mask.shape[0]
+
+    @property
+    def layers(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer: keys, values (B, h, T, d)."""
+        return [] if self.cache is None else [(layer.keys, layer.values) for layer in self.cache.layers]
 
     def add(self, cache: DynamicCache) -> None:
         """Append one request's own cache (batch 1, no padding) as the last row."""
@@ -67,51 +74,47 @@ class SharedCache:
         length = new[0][0].shape[-2]
         ones = torch.ones(1, length, dtype=torch.long, device=new[0][0].device)
         if self.mask is None:
-            self.layers, self.mask = new, ones
+            self.cache, self.mask = cache, ones
             return
         width = max(self.mask.shape[1], length)
         grow, short = width - self.mask.shape[1], width - length
-        self.layers = [(torch.cat([_pad_left(k, grow, -2), _pad_left(nk, short, -2)]),
-                        torch.cat([_pad_left(v, grow, -2), _pad_left(nv, short, -2)]))
-                       for (k, v), (nk, nv) in zip(self.layers, new)]
+        self.cache = DynamicCache([(torch.cat([_pad_left(k, grow, -2), _pad_left(nk, short, -2)]),
+                                    torch.cat([_pad_left(v, grow, -2), _pad_left(nv, short, -2)]))
+                                   for (k, v), (nk, nv) in zip(self.layers, new)])
         self.mask = torch.cat([_pad_left(self.mask, grow, -1), _pad_left(ones, short, -1)])
 
     def keep(self, rows: list[int]) -> None:
         """Drop every other row, then the leading columns that are padding in all that remain."""
         if not rows:
-            self.layers, self.mask = [], None
+            self.cache, self.mask = None, None
             return
         index = torch.tensor(rows, device=self.mask.device)
         mask = self.mask.index_select(0, index)
         start = int((mask.sum(0) > 0).nonzero()[0])  # first column some row still uses
+        self.cache = DynamicCache([(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
+                                   for k, v in self.layers])
         self.mask = mask[:, start:]
-        self.layers = [(k.index_select(0, index)[:, :, start:], v.index_select(0, index)[:, :, start:])
-                       for k, v in self.layers]
 
     def row(self, i: int) -> DynamicCache:
         """Row i's own cache: its real positions only, batch 1, as `generate` would have left it."""
         n = int(self.mask[i].sum())
         return DynamicCache([(k[i:i + 1, :, -n:], v[i:i + 1, :, -n:]) for k, v in self.layers])
 
-    def as_cache(self) -> DynamicCache:
-        return DynamicCache(list(self.layers))
-
     def positions(self) -> torch.Tensor:
         return self.mask.sum(1, keepdim=True)  # (B, 1): each row's next position id
 
 
 def decode_batch(lm, tokens: list[int], shared: SharedCache) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per row through the model -> logits (B, V) and last-layer states (B, H)."""
+    """One token per row through the model -> logits (B, V) and last-layer states (B, H); the
+    shared cache grows by one position in place."""
     device = shared.mask.device
     ids = torch.tensor(tokens, device=device).unsqueeze(1)  # (B, 1)
     positions = shared.positions()
     mask = torch.cat([shared.mask, torch.ones_like(positions)], dim=1)  # (B, T + 1)
-    cache = shared.as_cache()
     out = lm.model(inputs_embeds=lm.model.embed_tokens(ids), attention_mask=mask, position_ids=positions,
-                   cache=cache, use_cache=True)
-    hidden = out.last_hidden_state[:, -1]  # (B, H)
-    shared.layers = [(layer.keys, layer.values) for layer in cache.layers]
+                   cache=shared.cache, use_cache=True)
     shared.mask = mask
+    hidden = out.last_hidden_state[:, -1]  # (B, H)
     return lm.lm_head(hidden).float(), hidden
 
 
@@ -169,8 +172,7 @@ class BatchingGenerator(CallQueue):
             self._rows.append(request)
 
     def _prefill(self, request: _Request) -> DynamicCache:
-        if request.params.seed is not None:
-            request.generator = torch.Generator(device=request.embeds.device).manual_seed(request.params.seed)
+        request.generator = seeded_generator(request.params, request.embeds.device)
         cache = DynamicCache()
         request.logits, _ = forward_embeds(self.lm, request.embeds, cache)  # (1, V)
         return cache
@@ -191,23 +193,11 @@ class BatchingGenerator(CallQueue):
             self._shared.keep(keep)
 
     def _advance(self, request: _Request) -> bool:
-        """Sample one token for `request`; True while it still needs the token fed to the model."""
-        result, params = request.result, request.params
+        """Sample one token for `request`, as `generate` does; True while it must be fed."""
         if request.cancelled():
             raise GenerationCancelled()
-        if len(result.ids) >= params.max_new_tokens:
-            result.finish_reason = "length"
-            return False
-        token = sample(request.logits, params.temperature, params.top_p, request.generator)
-        if token in request.stop_ids:
-            return False
-        result.ids.append(token)
-        if request.on_token is not None:
-            request.on_token(token)
-        if len(result.ids) >= params.max_new_tokens:  # the last token is never fed, as in generate
-            result.finish_reason = "length"
-            return False
-        return True
+        return accept_token(request.result, request.logits, request.params, request.stop_ids,
+                            request.generator, request.on_token)
 
     def _step(self) -> None:
         tokens = [request.result.ids[-1] for request in self._rows]

@@ -45,8 +45,8 @@ N_FFT = 1024
 VOCODER = dict(upsample_initial_channel=64, upsample_rates=[HOP], upsample_kernel_sizes=[2 * HOP],
                resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]])
 
-# where each decoder pipeline is when training ends: the directories the output projections take
-# their targets from and the model directory is assembled from
+# where each decoder stage writes its pipeline, under the work directory: what the video stage
+# starts from, the output projections take their targets from and the model is assembled from
 DECODER_STAGE_DIRS = {"image": "image_decoder", "audio": "audio_decoder", "video": "video_decoder"}
 
 DECODER_DEFAULTS = {  # nano's defaults: small and quick on a CPU

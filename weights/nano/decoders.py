@@ -172,7 +172,7 @@ def stage_image_unet(ctx: Context) -> dict:
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer, unet=emas[0].copy_to().eval(),
         scheduler=sampler(), safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.save_pretrained(str(ctx.dir("image_decoder")))
+    pipe.save_pretrained(str(ctx.dir(config.DECODER_STAGE_DIRS["image"])))
     return info
 
 
@@ -248,5 +248,5 @@ def stage_audio_unet(ctx: Context) -> dict:
     vocoder = SpeechT5HifiGan.from_pretrained(str(ctx.work / "vocoder")).eval()
     pipe = AudioLDMPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
                             unet=emas[0].copy_to().eval(), scheduler=sampler(), vocoder=vocoder)
-    pipe.save_pretrained(str(ctx.dir("audio_decoder")))
+    pipe.save_pretrained(str(ctx.dir(config.DECODER_STAGE_DIRS["audio"])))
     return info

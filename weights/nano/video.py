@@ -69,8 +69,8 @@ def stage_video_unet(ctx: Context) -> dict:
     stage = "video_unet"
     ctx.seed_torch(stage)
     rng = ctx.rng(stage)
-    image = StableDiffusionPipeline.from_pretrained(str(ctx.work / "image_decoder"), safety_checker=None,
-                                                    requires_safety_checker=False)
+    image = StableDiffusionPipeline.from_pretrained(str(ctx.work / config.DECODER_STAGE_DIRS["image"]),
+                                                    safety_checker=None, requires_safety_checker=False)
     vae = image.vae.eval().requires_grad_(False)
     tokenizer, text = image.tokenizer, image.text_encoder.train()
     unet = video_unet_from(image.unet).train()
@@ -90,5 +90,5 @@ def stage_video_unet(ctx: Context) -> dict:
                       modules={"unet": unet, "text": text}, rng=rng)
     pipe = TextToVideoSDPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
                                  unet=emas[0].copy_to().eval(), scheduler=sampler())
-    pipe.save_pretrained(str(ctx.dir("video_decoder")))
+    pipe.save_pretrained(str(ctx.dir(config.DECODER_STAGE_DIRS["video"])))
     return info
