@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from diffusers import AudioLDMPipeline, StableDiffusionPipeline, TextToVideoSDPipeline
 
+from .acceleration import Acceleration, accelerate_pipeline, uncompiled
 from .generate import GenerationCancelled
 from .placement import apply_offload
 
@@ -159,16 +160,26 @@ class Decoder:
         if self.offload == "model":  # back to the CPU, hooks re-armed (sequential offload keeps nothing)
             self.pipe.maybe_free_model_hooks()
 
+    def accelerate(self, acc: Acceleration) -> bool:
+        """channels_last, fused QKV, a compiled UNet (models/acceleration.py); not under CPU
+        offload, whose hooks move the weights on every call. True when applied."""
+        if self.offload:
+            return False
+        accelerate_pipeline(self.pipe, self.device, acc)
+        return True
+
     def pause_inside_steps(self, wait: Callable[[], None]) -> list:
         """Call `wait` before each of the UNet's down, mid and up blocks, so that a decoder sharing
         a CPU with the LLM can give way inside a denoising step, not only between two: a step of a
         long video holds both cores for longer than a whole prefill. `wait` returns at once when
         there is nothing to give way to. CPU only: on a GPU the host merely queues kernels, so a
-        pause there changes nothing, and a hook would split a compiled UNet's graph.
-        Returns the hooks' handles: `handle.remove()` takes each away again."""
+        pause there changes nothing, and a hook would split a compiled UNet's graph (so a compiled
+        UNet, NEXTGPT_ACCELERATE_DECODERS=all, gets none). Returns the hooks' handles: `handle.remove()` takes each away again."""
         if self.device.type != "cpu":
             raise ValueError(f"pause points are for a decoder on the CPU, not {self.device}")
         unet = self.pipe.unet
+        if uncompiled(unet) is not unet:  # a compiled graph runs its blocks as one: pauses between steps only
+            return []
         blocks = [b for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks) if b is not None]
         return [b.register_forward_pre_hook(lambda module, args: wait()) for b in blocks]
 

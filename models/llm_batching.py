@@ -14,6 +14,7 @@ are always its last `mask[row].sum()` ones, and its next position id is that cou
 """
 from __future__ import annotations
 
+import logging
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,6 +26,9 @@ from transformers import DynamicCache
 from .call_queue import CallQueue, cancelled
 from .generate import (Generation, GenerationCancelled, SamplingParams, accept_token, forward_embeds,
                        seeded_generator)
+from .solo_decode import SoloCache, SoloSpec
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -121,13 +125,16 @@ def decode_batch(lm, tokens: list[int], shared: SharedCache) -> tuple[torch.Tens
 class BatchingGenerator(CallQueue):
     """`generate` for many concurrent callers, run as one batch by a single worker thread."""
 
-    def __init__(self, lm, max_batch: int = 8, start: bool = True):
+    def __init__(self, lm, max_batch: int = 8, start: bool = True, solo: SoloSpec | None = None):
         self.lm = lm
         self.max_batch = max_batch
         self.steps_run = 0  # batched decode steps
+        self.solo_steps_run = 0  # steps of a lone request on the static, compiled path
         self.largest_batch = 0
         self._rows: list[_Request] = []  # in the order of the shared cache's rows
         self._shared = SharedCache()
+        # a lone request's row lives here instead of in _shared (models/solo_decode.py)
+        self._solo = SoloCache(lm, solo) if solo is not None else None
         super().__init__("llm-batch", start)
 
     def __call__(self, inputs_embeds: torch.Tensor, params: SamplingParams, stop_ids: set[int],
@@ -168,6 +175,7 @@ class BatchingGenerator(CallQueue):
             except Exception as exc:  # this request's prompt failed: the batch goes on without it
                 request.future.set_exception(exc)
                 continue
+            self._leave_solo()
             self._shared.add(cache)
             self._rows.append(request)
 
@@ -185,12 +193,16 @@ class BatchingGenerator(CallQueue):
                 if self._advance(request):
                     keep.append(i)
                     continue
-                request.future.set_result((request.result, self._shared.row(i)))
+                request.future.set_result((request.result, self._row_cache(i)))
             except BaseException as exc:  # this caller's callback failed or it was cancelled
                 request.future.set_exception(exc)
         if len(keep) < len(self._rows):
             self._rows = [self._rows[i] for i in keep]
-            self._shared.keep(keep)
+            if self._solo is not None and self._solo.active:
+                if not keep:
+                    self._solo.clear()
+            else:
+                self._shared.keep(keep)
 
     def _advance(self, request: _Request) -> bool:
         """Sample one token for `request`, as `generate` does; True while it must be fed."""
@@ -199,9 +211,47 @@ class BatchingGenerator(CallQueue):
         return accept_token(request.result, request.logits, request.params, request.stop_ids,
                             request.generator, request.on_token)
 
+    def _row_cache(self, i: int) -> DynamicCache:
+        if self._solo is not None and self._solo.active:
+            return self._solo.row()
+        return self._shared.row(i)
+
+    def _take_solo(self) -> bool:
+        """Move a lone row into the static cache (if it is not there yet and fits); True if it is there."""
+        if self._solo is None or len(self._rows) != 1:
+            return False
+        if not self._solo.active:
+            request = self._rows[0]
+            length = int(self._shared.mask[0].sum())
+            if not self._solo.fits(length, request.params.max_new_tokens - len(request.result.ids)):
+                return False
+            self._solo.load(self._shared.row(0))
+            self._shared.keep([])
+        return True
+
+    def _leave_solo(self) -> None:
+        """Back into the shared dynamic cache, before another row joins."""
+        if self._solo is not None and self._solo.active:
+            self._shared = SharedCache()
+            self._shared.add(self._solo.unload())
+
+    def _solo_step(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            out = self._solo.step(token)
+            self.solo_steps_run += 1
+            return out
+        except Exception:  # a compile that fails (an unsupported layer, no compiler): serve on, eager
+            log.exception("the static decode path failed; decoding on the dynamic cache from now on")
+            self._leave_solo()  # the row's columns before this token are intact
+            self._solo = None
+            return decode_batch(self.lm, [token], self._shared)
+
     def _step(self) -> None:
         tokens = [request.result.ids[-1] for request in self._rows]
-        logits, hidden = decode_batch(self.lm, tokens, self._shared)
+        if self._take_solo():
+            logits, hidden = self._solo_step(tokens[0])
+        else:
+            logits, hidden = decode_batch(self.lm, tokens, self._shared)
         self.steps_run += 1
         self.largest_batch = max(self.largest_batch, len(self._rows))
         for i, request in enumerate(self._rows):
@@ -214,6 +264,8 @@ class BatchingGenerator(CallQueue):
                 request.future.set_exception(exc)
         self._rows = []
         self._shared = SharedCache()
+        if self._solo is not None:
+            self._solo.clear()
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop taking work; callers still waiting or running get GenerationCancelled."""

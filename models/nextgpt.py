@@ -14,7 +14,9 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
+from .acceleration import for_modality
 from .batching import BatchingDecoder
+from .solo_decode import SoloSpec
 from .config import ModelConfig
 from .decoders import Decoder, DecoderLimits, ParameterError, merge_params, validate_params
 from .encoder import ImageBindEncoder
@@ -60,17 +62,40 @@ class NextGPT:
                     self.decoders[stage].lock = locks[device]
         return locks
 
+    def accelerate_decoders(self, where: str = "auto", compile_mode: str | None = None) -> list[str]:
+        """Speed up the decoders' pipelines (models/acceleration.py): those on a GPU ("auto"),
+        every one ("all": also on the CPU, where it pays little) or none ("off"). Returns the
+        modalities sped up; an offloaded decoder is left stock."""
+        done = []
+        for modality, decoder in self.decoders.items():
+            if where == "off" or (where == "auto" and decoder.device.type != "cuda"):
+                continue
+            if decoder.accelerate(for_modality(modality, compile_mode)):
+                done.append(modality)
+        return done
+
     def enable_batching(self, max_batch: int = 8) -> None:
         """Concurrent decode() calls with equal parameters then share one pipeline call."""
         for modality, decoder in self.decoders.items():
             if modality not in self.batchers:
                 self.batchers[modality] = BatchingDecoder(decoder, max_batch)
 
-    def enable_llm_batching(self, max_batch: int = 8) -> None:
+    def enable_llm_batching(self, max_batch: int = 8, static: str = "auto", compile_backend: str | None = "inductor",
+                            compile_mode: str | None = "reduce-overhead") -> None:
         """Concurrent language() calls then generate their tokens together, one forward pass per
-        token for all of them (continuous batching: each joins and leaves the batch on its own)."""
-        if self.llm is not None and self.llm_batcher is None:
-            self.llm_batcher = BatchingGenerator(self.llm.lm, max_batch)
+        token for all of them (continuous batching: each joins and leaves the batch on its own).
+        `static`: a lone request decodes over a static KV cache with a compiled step
+        (models/solo_decode.py): "auto" when the LLM is on a GPU, "on", or "off"."""
+        if self.llm is None or self.llm_batcher is not None:
+            return
+        lm = self.llm.lm
+        solo = None
+        # bitsandbytes' layers are not compiled: a quantized LLM (a small GPU) stays eager
+        if static == "on" or (static == "auto" and lm.device.type == "cuda" and not lm.is_quantized):
+            solo = SoloSpec(lm.config.max_position_embeddings, compile_backend, compile_mode)
+        elif max_batch == 1:
+            return  # nothing to batch and no fast path: generate() serves each call
+        self.llm_batcher = BatchingGenerator(lm, max_batch, solo=solo)
 
     def close(self) -> None:
         """End the batching workers (their threads must not outlive the model at exit)."""

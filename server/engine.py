@@ -70,11 +70,18 @@ def load_model(settings: Settings) -> Any:
                         "(devices 'auto')", settings.quantize)
         log.info("loading %s on %s", path, settings.device_map())
         model = NextGPT.from_pretrained(path, devices=settings.device_map(), limits=settings.decoder_limits())
+    accelerate(model, settings)
     if settings.decoder_max_batch > 1:
         model.enable_batching(settings.decoder_max_batch)
-    if settings.llm_max_batch > 1:
-        model.enable_llm_batching(settings.llm_max_batch)
+    model.enable_llm_batching(settings.llm_max_batch, settings.llm_static_cache)
     return model
+
+
+def accelerate(model: Any, settings: Settings) -> None:
+    """The decoders' speed-ups, before the warm-up compiles them at the shapes in use."""
+    sped = model.accelerate_decoders(settings.accelerate_decoders, settings.compile_mode)
+    if sped:
+        log.info("decoders sped up (channels_last, fused QKV, compiled UNet): %s", ", ".join(sped))
 
 
 def warm_up(model: Any) -> None:

@@ -7,7 +7,7 @@ nothing deeper than the server reads the environment. List settings take JSON
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from starlette.requests import HTTPConnection
 from pydantic import BaseModel, Field, field_validator
@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     quantize: str | None = Field(None, description="'int8' or 'int4': force the LLM's weights to this bitsandbytes "
                                  "format in the automatic placement; default: the placement decides")
     warmup: bool = Field(True, description="run one small request through every stage before /ready")
+    accelerate_decoders: Literal["auto", "all", "off"] = Field(
+        "auto", description="channels_last, fused QKV and a torch.compile'd UNet for the decoders: 'auto' those on "
+        "a GPU (not under CPU offload), 'all' on the CPU too, 'off' the stock pipelines")
+    compile_mode: str | None = Field(None, description="torch.compile mode of the decoders' UNets: default "
+                                     "inductor's; 'reduce-overhead' adds CUDA graphs (one per batch size and shape)")
     # --- network -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="address to bind")
     port: int = Field(8000, ge=0, le=65535, description="port to bind")
@@ -83,6 +88,9 @@ class Settings(BaseSettings):
                                    "parameters share one pipeline call, up to this many; 1 turns batching off")
     llm_max_batch: int = Field(8, ge=1, description="concurrent requests generate their tokens together, one "
                                "forward pass per token for up to this many (continuous batching); 1 turns it off")
+    llm_static_cache: Literal["auto", "on", "off"] = Field(
+        "auto", description="a lone request decodes over a static KV cache with a torch.compile'd step (CUDA graphs on "
+        "a GPU): 'auto' when the LLM is on a GPU, 'on' on the CPU too, 'off' never")
     # --- generated files -----------------------------------------------------------------------
     files_dir: Path | None = Field(None, description="where generated media are kept; default: a temp dir")
     file_ttl_s: float = Field(3600.0, gt=0, description="generated media are deleted this long after creation")

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
+from models.acceleration import accelerate_pipeline, for_modality, uncompiled
+
 from . import gpu_arch as arch
 from . import gpu_llm as llm
 from .gpu_report import Report, Row
@@ -176,7 +178,31 @@ def llm_section(plan: BenchPlan, report: Report) -> LlmState:
                    pct_bw=pct(n / t_stream), note="what a server streaming text pays"))
     report.rows[-1].peak_gib = peak_gib(plan)
     report.rows[-1].weights_gib = llm.bytes_read_per_token(model) / 2**30
+    served_row(plan, report, model, ids, max_len, t_hf, pct)
     return LlmState(model, dec, ids, t_hf / n)
+
+
+def served_row(plan: BenchPlan, report: Report, model, ids, max_len: int, t_hf: float, pct) -> None:
+    """The same decode through the server's own batcher, a lone request on its fast path."""
+    from models.llm_batching import BatchingGenerator
+    from models.solo_decode import SoloSpec
+
+    n = plan.new_tokens
+    batcher = BatchingGenerator(model, max_batch=8, solo=SoloSpec(max_len, plan.compile_backend, plan.compile_mode))
+    try:
+        with torch.no_grad():
+            embeds = model.get_input_embeddings()(ids)
+        for _ in range(3):  # compile, then CUDA-graph warm-up and recording
+            llm.served_generate(batcher, embeds, 8)
+        t = measure(plan, lambda: llm.served_generate(batcher, embeds, n), plan.repeats)
+        report.add(Row("llm: the server's batcher, one request (ours, as served)", t, stock_s=t_hf, tok_s=n / t,
+                       pct_bw=pct(n / t), note=f"prefill included; {batcher.solo_steps_run} of "
+                       f"{batcher.steps_run} steps on the static path; sampling and a host sync per token"))
+    except Exception as exc:  # noqa: BLE001 - one lent GPU run must report whatever it can
+        traceback.print_exc()
+        report.add(Row("llm: the server's batcher, one request (ours, as served)", error=f"{type(exc).__name__}: {exc}"[:500]))
+    finally:
+        batcher.close()
 
 
 # --- decoders -------------------------------------------------------------------------------------------
@@ -194,20 +220,12 @@ def empty_prompt_embeds(pipe, plan: BenchPlan) -> torch.Tensor:
         return text(ids)[0]  # (1, 77, D)
 
 
-def speed_up(pipe, plan: BenchPlan, compile_unet: bool, fuse: bool = True):
-    """Our way on top of the stock pipeline: channels_last, fused QKV projections, compiled UNet."""
-    if plan.device.startswith("cuda"):
-        from diffusers import UNet3DConditionModel
-
-        if not isinstance(pipe.unet, UNet3DConditionModel):
-            pipe.unet.to(memory_format=torch.channels_last)  # a UNet3D's Conv3d weights are 5-D: no NHWC for them
-        pipe.vae.to(memory_format=torch.channels_last)
-    if fuse:
-        pipe.unet.fuse_qkv_projections()
-    if compile_unet and plan.compile_backend:
-        mode = plan.compile_mode if plan.compile_backend == "inductor" else None
-        pipe.unet = torch.compile(pipe.unet, backend=plan.compile_backend, mode=mode)
-    return pipe
+def speed_up(pipe, plan: BenchPlan, modality: str, compile_unet: bool):
+    """Our way on top of the stock pipeline, as the server applies it (models/acceleration.py):
+    channels_last, fused QKV projections (not AudioLDM's), compiled UNet."""
+    acc = for_modality(modality, plan.compile_mode)
+    acc = dataclasses.replace(acc, compile_backend=plan.compile_backend if compile_unet else None)
+    return accelerate_pipeline(pipe, plan.device, acc)
 
 
 def call_kwargs(plan: BenchPlan, modality: str, cond, neg, steps: int) -> dict:
@@ -222,7 +240,7 @@ def call_kwargs(plan: BenchPlan, modality: str, cond, neg, steps: int) -> dict:
 
 
 def decoder_rows(plan: BenchPlan, report: Report, modality: str, pipe, compile_unet: bool,
-                 target_s: float | None, fuse: bool = True):
+                 target_s: float | None):
     """Stock pipeline (negative prompt encoded per call), then ours on the same weights."""
     neg = empty_prompt_embeds(pipe, plan)
     cond = torch.randn_like(neg)
@@ -242,21 +260,22 @@ def decoder_rows(plan: BenchPlan, report: Report, modality: str, pipe, compile_u
                        peak_gib=peak_gib(plan), weights_gib=weights / 2**30, work_gib=work_gib(plan, mark)))
         how = f"compiled UNet ({plan.compile_backend}), " if compile_unet and plan.compile_backend else ""
         try:
-            speed_up(pipe, plan, compile_unet, fuse)
+            speed_up(pipe, plan, modality, compile_unet)
             for _ in range(2 if how else 1):  # compile, then record CUDA graphs
                 pipe(**call_kwargs(plan, modality, cond, neg, plan.warmup_steps))
         except Exception as exc:  # noqa: BLE001 - keep measuring the rest of our way, eager
             if not how:
                 raise
             traceback.print_exc()
-            pipe.unet = getattr(pipe.unet, "_orig_mod", pipe.unet)
+            pipe.unet = uncompiled(pipe.unet)
             how = f"EAGER: compile failed ({type(exc).__name__}), "
             pipe(**call_kwargs(plan, modality, cond, neg, plan.warmup_steps))
         mark = memory_mark(plan)
         t_ours = measure(plan, lambda: pipe(**call_kwargs(plan, modality, cond, neg, plan.steps)), plan.repeats)
     report.add(Row(f"{name} (ours)", t_ours, stock_s=t_stock, target=f"< {target_s} s" if target_s else "",
                    met=None if target_s is None or plan.tiny else t_ours < target_s,
-                   note=how + "channels_last" + (", fused QKV" if fuse else "") + ", negative embeds once",
+                   note=how + "channels_last" + (", fused QKV" if for_modality(modality).fuse_qkv else "")
+                   + ", negative embeds once",
                    peak_gib=peak_gib(plan), weights_gib=weights / 2**30, work_gib=work_gib(plan, mark)))
     return neg
 
@@ -300,8 +319,7 @@ def video_section(plan: BenchPlan, report: Report) -> None:
 
 def audio_section(plan: BenchPlan, report: Report) -> None:
     pipe = arch.build_audioldm(plan.tiny, plan.device, plan.dtype)
-    # AudioLDM's cross-attention blocks attend to themselves (no encoder states): fused K/V would break.
-    decoder_rows(plan, report, "audio", pipe, plan.compile_unets, 1.0, fuse=False)
+    decoder_rows(plan, report, "audio", pipe, plan.compile_unets, 1.0)
 
 
 # --- main -------------------------------------------------------------------------------------------------

@@ -104,3 +104,11 @@ def project_generate(model, ids: torch.Tensor, n: int) -> None:
 def static_generate(dec: StaticDecoder, ids: torch.Tensor, n: int, stream: bool = False) -> torch.Tensor:
     first = dec.prefill(ids)
     return dec.decode(first, ids.shape[1], n - 1, stream)
+
+
+def served_generate(batcher, embeds: torch.Tensor, n: int) -> None:
+    """The server's way (models/llm_batching.py with models/solo_decode.py): a lone request, its
+    prompt prefilled eager, then the static cache and compiled step, sampling on the host."""
+    from models.generate import SamplingParams
+
+    batcher(embeds, SamplingParams(max_new_tokens=n, temperature=0.0), stop_ids=set())

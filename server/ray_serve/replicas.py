@@ -20,6 +20,7 @@ from typing import Any, AsyncIterator, Callable
 
 from ray import serve
 
+from ..engine import accelerate
 from ..settings import Settings
 from ..stages import Turn, decode_stage, encode_stage, language_stage
 
@@ -89,10 +90,8 @@ class LanguageStage:
     def __init__(self, settings: dict, decoder_names: list[str]):
         config = Settings(**settings)
         self.model = load_stage(config, ("llm",), decoder_names)
-        workers = 1
-        if config.llm_max_batch > 1:
-            self.model.enable_llm_batching(config.llm_max_batch)
-            workers = config.llm_max_batch
+        self.model.enable_llm_batching(config.llm_max_batch, config.llm_static_cache)
+        workers = config.llm_max_batch
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="nextgpt-language")
         self.name = replica_name()
 
@@ -121,6 +120,7 @@ class DecoderStage:
         config = Settings(**settings)
         self.modality = modality
         self.model = load_stage(config, (modality,))
+        accelerate(self.model, config)
         workers = 1
         if config.decoder_max_batch > 1:
             self.model.enable_batching(config.decoder_max_batch)

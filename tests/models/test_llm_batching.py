@@ -19,16 +19,6 @@ CASES = [  # prompt length, sampling
 ]
 
 
-@pytest.fixture(scope="module")
-def lm(tiny_model):
-    return tiny_model.llm.lm
-
-
-@pytest.fixture(scope="module")
-def stop_ids(tiny_model):
-    return tiny_model.llm.stop_ids
-
-
 def prompts(lm, lengths, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(1, n, lm.config.hidden_size, generator=g) * 0.05 for n in lengths]

@@ -63,11 +63,16 @@ class FakeModel:
         self.placement = placement
         self.batching = None
         self.llm_batching = None
+        self.accelerated = None
+
+    def accelerate_decoders(self, where, compile_mode=None):
+        self.accelerated = where
+        return []
 
     def enable_batching(self, max_batch):
         self.batching = max_batch
 
-    def enable_llm_batching(self, max_batch):
+    def enable_llm_batching(self, max_batch, static="auto"):
         self.llm_batching = max_batch
 
 

@@ -1,0 +1,82 @@
+"""The decoders' speed-ups (models/acceleration.py) change no output: the tiny pipelines, sped up
+with the same code the server runs on a GPU (compiled with dynamo's "eager" backend here, which
+traces the UNet as inductor would and runs the traced graph), draw what the stock ones draw."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.acceleration import Acceleration, for_modality, uncompiled
+from models.nextgpt import NextGPT
+
+TRACED = Acceleration(compile_backend="eager")
+
+
+@pytest.fixture(scope="module")
+def stock(tiny_dir):
+    model = NextGPT.from_pretrained(tiny_dir)
+    yield model
+    model.close()
+
+
+def draw(model: NextGPT, modality: str) -> np.ndarray:
+    dim = model.decoders[modality].negative.shape[-1]
+    shape = (1, dim) if modality == "audio" else (1, 77, dim)
+    condition = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    out = model.decode(modality, condition, model.decoder_params(modality, {"num_inference_steps": 3}), seed=7)
+    pixels_or_samples = out.frames if modality == "video" else out  # PIL image / waveform
+    return np.asarray(pixels_or_samples, dtype=np.float32)
+
+
+@pytest.mark.parametrize("modality", ["image", "audio", "video"])
+def test_a_sped_up_decoder_draws_what_the_stock_one_draws(tiny_dir, stock, modality):
+    fast = NextGPT.from_pretrained(tiny_dir, stages=(modality,))
+    try:
+        acc = for_modality(modality)
+        assert fast.decoders[modality].accelerate(Acceleration(fuse_qkv=acc.fuse_qkv, compile_backend="eager"))
+        unet = fast.decoders[modality].pipe.unet
+        assert unet is not uncompiled(unet)  # compiled
+        fused = any(getattr(m, "fused_projections", False) for m in uncompiled(unet).modules())
+        assert fused == (modality != "audio")
+        a, b = draw(stock, modality), draw(fast, modality)
+        tolerance = 2.0 if modality != "audio" else 1e-4  # 8-bit pixels may round the other way
+        assert np.abs(a - b).max() <= tolerance, modality
+    finally:
+        fast.close()
+
+
+def test_audioldm_keeps_separate_kv_weights():
+    """Its cross-attention blocks attend to themselves (no encoder states): a fused K/V would not."""
+    assert not for_modality("audio").fuse_qkv and for_modality("image").fuse_qkv and for_modality("video").fuse_qkv
+
+
+def test_auto_speeds_up_only_decoders_on_a_gpu(tiny_dir):
+    model = NextGPT.from_pretrained(tiny_dir, stages=("image",))
+    try:
+        assert model.accelerate_decoders("auto") == []  # on the CPU: the stock pipelines
+        assert model.accelerate_decoders("off") == []
+        assert uncompiled(model.decoders["image"].pipe.unet) is model.decoders["image"].pipe.unet
+    finally:
+        model.close()
+
+
+def test_pause_points_are_for_an_eager_unet(tiny_dir):
+    """On the CPU the scheduler hooks pauses between the UNet's blocks; a compiled UNet runs them
+    as one graph, so it gets none (it still pauses between steps)."""
+    model = NextGPT.from_pretrained(tiny_dir, stages=("image",))
+    try:
+        decoder = model.decoders["image"]
+        calls = []
+        handles = decoder.pause_inside_steps(lambda: calls.append(1))
+        params = model.decoder_params("image", {"num_inference_steps": 2})
+        condition = torch.zeros(1, 77, decoder.negative.shape[-1])
+        model.decode("image", condition, params, seed=0)
+        assert handles and len(calls) >= 2 * len(handles)
+        for h in handles:
+            h.remove()
+        decoder.accelerate(TRACED)
+        assert decoder.pause_inside_steps(lambda: calls.append(1)) == []
+        model.decode("image", condition, params, seed=0)  # and it draws
+    finally:
+        model.close()
