@@ -104,6 +104,26 @@ def test_stages_are_resumable(tmp_path):
         train.run(work=tmp_path, stages=["tokenizers"], seed=1, quick=0.001, threads=1, log=logs.append)
 
 
+def test_decoder_stages_can_be_taken_from_an_assembled_model(tmp_path):
+    """`--decoders-from`: the encoder and NExT-GPT's stages re-trained without the decoders' hours."""
+    from safetensors.torch import load_file
+
+    from weights.nano import train
+    from weights.nano.common import Context
+
+    model = train.DEFAULT_OUT
+    ctx = Context(work=tmp_path)
+    logs: list[str] = []
+    train.seed_decoders(ctx, model, logs.append)
+    assert all(ctx.done(s) and ctx.info(s)["seeded_from"] == str(model) for s in train.DECODER_STAGES)
+    assert ctx.info("video_unet")["seconds"] > 0 and not ctx.done("imagebind")
+    src = load_file(str(model / "video_decoder" / "unet" / "diffusion_pytorch_model.safetensors"))
+    got = load_file(str(tmp_path / "video_decoder" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert src.keys() == got.keys()
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k].half(), src[k]) for k in src)
+    assert (tmp_path / "vocoder" / "config.json").is_file()
+
+
 def test_eval_judges_words_strictly():
     from weights.nano.eval import judge_answer
 

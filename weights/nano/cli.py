@@ -20,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--stage", action="append", choices=ORDER + ["assemble"], default=None,
                    help="run only this stage and the stages it needs (repeatable); default: all, then assemble")
     p.add_argument("--redo", action="store_true", help="re-run the --stage stages even if they are done")
+    p.add_argument("--decoders-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="take the decoder stages (vocoder, VAEs, UNets: the first 2-4 hours) from this assembled "
+                        "model directory, e.g. the committed nano, and train only ImageBind and NExT-GPT's stages")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", type=float, default=None, metavar="F",
                    help="scale every stage's steps by F (e.g. 0.01: a smoke run of the whole chain)")
@@ -34,7 +37,7 @@ def _main(args: argparse.Namespace) -> int:
     if stages and "assemble" not in stages and set(stages) >= set(ORDER):
         stages = stages + ["assemble"]
     run(work=args.work, out=args.out, stages=stages, seed=args.seed, quick=args.quick, threads=args.threads,
-        redo=args.redo)
+        redo=args.redo, decoders_from=args.decoders_from)
     return 0
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..presets import WEIGHTS_ROOT, preset_dir
-from . import decoders, encoder, language, video
+from . import config, decoders, encoder, language, video
 from .common import Context, set_threads
 from .config import Budget
 
@@ -52,9 +52,39 @@ def _closure(names: list[str]) -> list[str]:
     return [s for s in ORDER if s in need]
 
 
+DECODER_STAGES = ("vocoder", "image_vae", "image_unet", "audio_vae", "audio_unet", "video_unet")
+
+
+def seed_decoders(ctx: Context, model_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Take the decoder stages' results from an assembled model directory instead of training them
+    (they are the chain's first 2-4 hours), so that the encoder and NExT-GPT's stages can be
+    re-trained on their own. The pipelines go back to fp32; their DONE markers keep the recorded
+    seconds and say where they came from."""
+    import torch
+
+    from models.decoders import PIPELINE_OF
+
+    from .assemble import pipeline_kwargs
+
+    model_dir = Path(model_dir)
+    recorded = json.loads((model_dir / "training.json").read_text())["seconds"]
+    parts = config.nano_config().components
+    for kind, stage_dir in config.DECODER_STAGE_DIRS.items():
+        pipe = PIPELINE_OF[kind].from_pretrained(str(model_dir / getattr(parts, kind)), dtype=torch.float32,
+                                                 **pipeline_kwargs(kind))
+        pipe.save_pretrained(str(ctx.dir(stage_dir)))
+        if kind == "audio":  # the vocoder stage's own directory, which assembly reads
+            pipe.vocoder.save_pretrained(str(ctx.dir("vocoder")))
+    for stage in DECODER_STAGES:
+        ctx.mark_done(stage, {"seconds": recorded.get(stage), "steps": ctx.steps(stage), "seeded_from": str(model_dir)})
+    log(f"[seed] decoder stages taken from {model_dir}: {', '.join(DECODER_STAGES)}")
+
+
 def run(work: Path = DEFAULT_WORK, out: Path = DEFAULT_OUT, stages: list[str] | None = None, seed: int = 0,
-        quick: float | None = None, threads: int = 2, redo: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Train what is not done yet (all stages, or `stages` and what they need), then assemble `out`."""
+        quick: float | None = None, threads: int = 2, redo: bool = False, decoders_from: Path | None = None,
+        log: Callable[[str], None] = print) -> Path:
+    """Train what is not done yet (all stages, or `stages` and what they need), then assemble `out`;
+    with `decoders_from`, the decoder stages come from that model directory."""
     set_threads(threads)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -66,6 +96,8 @@ def run(work: Path = DEFAULT_WORK, out: Path = DEFAULT_OUT, stages: list[str] | 
     marker.write_text(json.dumps(settings))
     budget = Budget() if quick is None else Budget().scaled(quick)
     ctx = Context(work=work, seed=seed, budget=budget, threads=threads, log=log)
+    if decoders_from is not None:
+        seed_decoders(ctx, decoders_from, log)
     wanted = [s for s in (stages or ORDER) if s != "assemble"]
     for name in _closure(wanted):
         if redo and name in wanted:  # from scratch: not from its saved end state
