@@ -80,6 +80,10 @@ class NextGPT:
             if modality not in self.batchers:
                 self.batchers[modality] = BatchingDecoder(decoder, max_batch)
 
+    def merge_lora(self) -> bool:
+        """Serve the LLM with its LoRA folded into the base weights (LanguageModel.merge_lora)."""
+        return self.llm is not None and self.llm.merge_lora()
+
     def enable_llm_batching(self, max_batch: int = 8, static: str = "auto", compile_backend: str | None = "inductor",
                             compile_mode: str | None = "reduce-overhead") -> None:
         """Concurrent language() calls then generate their tokens together, one forward pass per
@@ -91,7 +95,7 @@ class NextGPT:
         lm = self.llm.lm
         solo = None
         # bitsandbytes' layers are not compiled: a quantized LLM (a small GPU) stays eager
-        if static == "on" or (static == "auto" and lm.device.type == "cuda" and not lm.is_quantized):
+        if static == "on" or (static == "auto" and lm.device.type == "cuda" and not self.llm.quantized):
             solo = SoloSpec(lm.config.max_position_embeddings, compile_backend, compile_mode)
         elif max_batch == 1:
             return  # nothing to batch and no fast path: generate() serves each call

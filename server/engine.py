@@ -78,7 +78,10 @@ def load_model(settings: Settings) -> Any:
 
 
 def accelerate(model: Any, settings: Settings) -> None:
-    """The decoders' speed-ups, before the warm-up compiles them at the shapes in use."""
+    """The LLM's LoRA merged; the decoders' speed-ups, before the warm-up compiles them at the
+    shapes in use."""
+    if model.merge_lora():
+        log.info("LoRA merged into the LLM's weights")
     sped = model.accelerate_decoders(settings.accelerate_decoders, settings.compile_mode)
     if sped:
         log.info("decoders sped up (channels_last, fused QKV, compiled UNet): %s", ", ".join(sped))

@@ -90,6 +90,7 @@ class LanguageStage:
     def __init__(self, settings: dict, decoder_names: list[str]):
         config = Settings(**settings)
         self.model = load_stage(config, ("llm",), decoder_names)
+        accelerate(self.model, config)
         self.model.enable_llm_batching(config.llm_max_batch, config.llm_static_cache)
         workers = config.llm_max_batch
         self.executor = ThreadPoolExecutor(workers, thread_name_prefix="nextgpt-language")

@@ -80,3 +80,24 @@ def test_pause_points_are_for_an_eager_unet(tiny_dir):
         model.decode("image", condition, params, seed=0)  # and it draws
     finally:
         model.close()
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_server_speeds_up_every_decoder_and_the_lone_llm_row(tiny_dir):
+    """What `auto` does on a GPU (inductor compiles here: the path the GPU bench measures)."""
+    from models.generate import SamplingParams
+    from models.types import Message
+
+    model = NextGPT.from_pretrained(tiny_dir, devices="cuda")
+    try:
+        assert model.merge_lora()
+        assert sorted(model.accelerate_decoders("auto")) == ["audio", "image", "video"]
+        model.enable_llm_batching(4)
+        assert model.llm_batcher._solo is not None
+        out = model.chat([Message("user", "draw")], required=["image", "audio", "video"],
+                         sampling=SamplingParams(max_new_tokens=6, seed=0),
+                         decoder_params={m: {"num_inference_steps": 2} for m in ("image", "audio", "video")})
+        assert out.image is not None and out.audio is not None and out.video is not None
+        assert model.llm_batcher.solo_steps_run > 0
+    finally:
+        model.close()

@@ -191,6 +191,11 @@ def test_the_llm_loads_in_8bit_with_offloaded_decoders_on_a_gpu(tiny_dir):
     for weight in (model.llm.lm.lm_head.weight, model.llm.lm.model.embed_tokens.weight, model.llm.llama_proj.weight):
         assert weight.dtype == torch.float16 and weight.device.type == "cuda"
     assert all(d.offload == "model" and d.lock is model.device_locks["cuda:0"] for d in model.decoders.values())
+    # what serving skips on a quantized LLM: the LoRA merge, the compiled static path, the offloaded decoders' compile
+    assert model.llm.quantized and not model.merge_lora()
+    model.enable_llm_batching(2)
+    assert model.llm_batcher._solo is None and model.accelerate_decoders() == []
+    model.close()
     out = model.chat([Message("user", "draw")], required=["image", "audio"],
                      sampling=SamplingParams(max_new_tokens=4, seed=0),
                      decoder_params={"image": {"num_inference_steps": 2}, "audio": {"num_inference_steps": 2}})

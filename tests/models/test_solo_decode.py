@@ -98,3 +98,22 @@ def test_a_failing_static_step_falls_back_to_the_dynamic_path(lm, monkeypatch):
     assert batcher.solo_steps_run == 0 and batcher._solo is None
     assert_same(generate(lm, embeds, params, set()), batcher(embeds, params, set()))  # and it serves on
     batcher.close()
+
+
+def test_merged_lora_serves_the_same_answers(tiny_dir):
+    """The server folds the LoRA deltas into the base weights: same ids and conditions, the LoRA
+    weights themselves untouched (the release checkpoint is what it was)."""
+    from models.nextgpt import NextGPT
+
+    model = NextGPT.from_pretrained(tiny_dir)
+    lora_before = {k: v.clone() for k, v in model.llm.llama_model.state_dict().items() if "lora_" in k}
+    messages = [Message("user", "Show me number 4.")]
+    sampling = SamplingParams(max_new_tokens=12, seed=5)
+    before = model.language(messages, sampling=sampling, required=["image"])
+    assert model.merge_lora()
+    after = model.language(messages, sampling=sampling, required=["image"])
+    lora_after = {k: v for k, v in model.llm.llama_model.state_dict().items() if "lora_" in k}
+    model.close()
+    assert lora_before and all(torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
+    assert after.ids == before.ids
+    torch.testing.assert_close(after.conditions["image"], before.conditions["image"], atol=1e-4, rtol=1e-4)

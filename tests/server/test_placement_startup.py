@@ -65,6 +65,9 @@ class FakeModel:
         self.llm_batching = None
         self.accelerated = None
 
+    def merge_lora(self):
+        return False
+
     def accelerate_decoders(self, where, compile_mode=None):
         self.accelerated = where
         return []
