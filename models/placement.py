@@ -59,6 +59,10 @@ class Headroom:
 
     llm_streams: int = 4  # concurrent generations whose KV caches must fit at once
     llm_context: int = 2048  # tokens per stream: LLaMA-1's max_position_embeddings
+    # a lone request's static KV cache (models/solo_decode.py, an unquantized LLM on a GPU):
+    # allocated at the first request, for the whole context, and kept (a quantized LLM has none:
+    # there it is a margin)
+    llm_static_streams: int = 1
     llm_workspace_gib: float = 0.5  # prefill activations of a 2048-token prompt, cuBLAS workspace
     encoder_gib: float = 0.5  # ImageBind on a video: 15 clips x 257 tokens x 1280
     image_gib: float = 1.5  # SD 1.5 UNet at 64x64 latents, CFG batch 2, VAE decode at 512x512
@@ -90,7 +94,7 @@ class StageEstimate:
 
 def estimates(headroom: Headroom = Headroom()) -> dict[str, StageEstimate]:
     p = PARAMS
-    kv = headroom.llm_streams * headroom.llm_context * KV_BYTES_PER_TOKEN
+    kv = (headroom.llm_streams + headroom.llm_static_streams) * headroom.llm_context * KV_BYTES_PER_TOKEN
     llm_params = p["llama_7b"] + p["lora"] + p["llama_proj"] + p["output_projections"]
     return {
         "llm": StageEstimate("llm", "Vicuna-7B v0 + LoRA r32 + input/output projections", llm_params,
