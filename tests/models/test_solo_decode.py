@@ -6,7 +6,7 @@ import threading
 
 import torch
 
-from models.generate import SamplingParams, generate
+from models.generate import GenerationCancelled, SamplingParams, generate
 from models.llm_batching import BatchingGenerator
 from models.solo_decode import SoloSpec
 from models.types import Message
@@ -117,3 +117,25 @@ def test_merged_lora_serves_the_same_answers(tiny_dir):
     assert lora_before and all(torch.equal(lora_before[k], lora_after[k]) for k in lora_before)
     assert after.ids == before.ids
     torch.testing.assert_close(after.conditions["image"], before.conditions["image"], atol=1e-4, rtol=1e-4)
+
+
+@torch.inference_mode()
+def test_cancelling_the_lone_request_frees_the_static_cache_for_the_next(lm):
+    first, second = prompts(lm, [6, 8], seed=2)
+    batcher = BatchingGenerator(lm, max_batch=1, solo=TRACED)
+    stop, count = threading.Event(), [0]
+
+    def on_token(_):
+        count[0] += 1
+        if count[0] == 3:
+            stop.set()
+
+    threads, results = run_in_threads(
+        lambda: batcher(first, SamplingParams(max_new_tokens=200, temperature=0.0), set(), on_token, stop.is_set), [()])
+    threads[0].join(60)
+    assert isinstance(results[0], GenerationCancelled) and count[0] == 3
+    assert not batcher._solo.active  # its columns are free
+    params = SamplingParams(max_new_tokens=15, temperature=0.0)
+    assert_same(generate(lm, second, params, set()), batcher(second, params, set()))
+    assert batcher.solo_steps_run > 3  # the next request took the static path too
+    batcher.close()
