@@ -1,5 +1,6 @@
 """Speed-ups of a stock diffusers pipeline where it runs on a GPU: channels_last memory, fused QKV
-projections and a compiled UNet. The server applies them to its decoders (`NextGPT.accelerate`),
+projections and a compiled UNet. The server applies them to its decoders
+(`NextGPT.accelerate_decoders`),
 and `server/bench/gpu.py` measures them against the stock pipeline, through this one function.
 
 They change how the same arithmetic is laid out, not what it computes: fused QKV is one matmul
@@ -9,12 +10,9 @@ devices on every call, which neither a compiled graph nor a fixed memory layout 
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

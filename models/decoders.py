@@ -59,6 +59,13 @@ PARAMS_OF = {"image": ImageParams, "audio": AudioParams, "video": VideoParams}
 PIPELINE_OF = {"image": StableDiffusionPipeline, "audio": AudioLDMPipeline, "video": TextToVideoSDPipeline}
 
 
+def load_pipeline(modality: str, path: Path, dtype: torch.dtype):
+    """The stock pipeline of `modality` from a diffusers folder, at `dtype`, without SD's safety
+    checker (NExT-GPT's decoders ship none)."""
+    kwargs = {"safety_checker": None, "requires_safety_checker": False} if modality == "image" else {}
+    return PIPELINE_OF[modality].from_pretrained(str(path), dtype=dtype, **kwargs)
+
+
 @dataclass(frozen=True)
 class DecoderLimits:
     max_steps: int = 100
@@ -132,9 +139,7 @@ class Decoder:
     def from_pretrained(cls, modality: str, path: Path, defaults, device="cpu", dtype=torch.float32,
                         offload: str | None = None) -> "Decoder":
         """The pipeline loads on the CPU; then it moves to `device`, or is offloaded onto it."""
-        kwargs = {"safety_checker": None, "requires_safety_checker": False} if modality == "image" else {}
-        pipe = PIPELINE_OF[modality].from_pretrained(str(path), dtype=dtype, **kwargs)
-        return cls(modality, pipe, defaults, device, dtype, offload)
+        return cls(modality, load_pipeline(modality, path, dtype), defaults, device, dtype, offload)
 
     @contextlib.contextmanager
     def _exclusive(self, should_stop: Callable[[], bool] | None):

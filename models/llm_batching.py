@@ -198,11 +198,7 @@ class BatchingGenerator(CallQueue):
                 request.future.set_exception(exc)
         if len(keep) < len(self._rows):
             self._rows = [self._rows[i] for i in keep]
-            if self._solo is not None and self._solo.active:
-                if not keep:
-                    self._solo.clear()
-            else:
-                self._shared.keep(keep)
+            self._keep_caches(keep)
 
     def _advance(self, request: _Request) -> bool:
         """Sample one token for `request`, as `generate` does; True while it must be fed."""
@@ -211,10 +207,17 @@ class BatchingGenerator(CallQueue):
         return accept_token(request.result, request.logits, request.params, request.stop_ids,
                             request.generator, request.on_token)
 
+    def _solo_active(self) -> bool:
+        return self._solo is not None and self._solo.active
+
     def _row_cache(self, i: int) -> DynamicCache:
-        if self._solo is not None and self._solo.active:
-            return self._solo.row()
-        return self._shared.row(i)
+        return self._solo.row() if self._solo_active() else self._shared.row(i)
+
+    def _keep_caches(self, rows: list[int]) -> None:
+        if not self._solo_active():
+            self._shared.keep(rows)
+        elif not rows:  # the lone row left
+            self._solo.clear()
 
     def _take_solo(self) -> bool:
         """Move a lone row into the static cache (if it is not there yet and fits); True if it is there."""
@@ -230,9 +233,8 @@ class BatchingGenerator(CallQueue):
         return True
 
     def _leave_solo(self) -> None:
-        """Back into the shared dynamic cache, before another row joins."""
-        if self._solo is not None and self._solo.active:
-            self._shared = SharedCache()
+        """Back into the shared dynamic cache (empty while the row was away), before another row joins."""
+        if self._solo_active():
             self._shared.add(self._solo.unload())
 
     def _solo_step(self, token: int) -> tuple[torch.Tensor, torch.Tensor]:

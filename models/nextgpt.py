@@ -84,8 +84,9 @@ class NextGPT:
         """Serve the LLM with its LoRA folded into the base weights (LanguageModel.merge_lora)."""
         return self.llm is not None and self.llm.merge_lora()
 
-    def enable_llm_batching(self, max_batch: int = 8, static: str = "auto", compile_backend: str | None = "inductor",
-                            compile_mode: str | None = "reduce-overhead") -> None:
+    def enable_llm_batching(self, max_batch: int = 8, static: str = "auto",
+                            compile_backend: str | None = SoloSpec.compile_backend,
+                            compile_mode: str | None = SoloSpec.compile_mode) -> None:
         """Concurrent language() calls then generate their tokens together, one forward pass per
         token for all of them (continuous batching: each joins and leaves the batch on its own).
         `static`: a lone request decodes over a static KV cache with a compiled step

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from models.decoders import PIPELINE_OF
+from models.decoders import load_pipeline
 from models.nextgpt import NextGPT
 from models.prompt import Turn, build_segments, splice_embeddings
 from models.signals import MODALITIES, find_signal_run
@@ -59,9 +59,8 @@ def stock_language(model: NextGPT, messages: list[Message], max_new_tokens: int,
 def stock_decode(model_dir: Path, model: NextGPT, modality: str, condition: torch.Tensor, params, seed: int):
     """Load the pipeline from disk, as the reference does on every request, then draw."""
     part = getattr(model.config.components, modality)
-    kwargs = {"safety_checker": None, "requires_safety_checker": False} if modality == "image" else {}
     # at the dtype the model runs at (the files may be fp16, as nano's are)
-    pipe = PIPELINE_OF[modality].from_pretrained(str(model_dir / part), dtype=condition.dtype, **kwargs)
+    pipe = load_pipeline(modality, model_dir / part, condition.dtype)
     pipe.set_progress_bar_config(disable=True)
     common = dict(prompt_embeds=condition, num_inference_steps=params.num_inference_steps,
                   guidance_scale=params.guidance_scale, generator=torch.Generator().manual_seed(seed))

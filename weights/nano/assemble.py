@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from models.checkpoint import CHECKPOINT_FILE
-from models.decoders import PIPELINE_OF
+from models.decoders import load_pipeline
 from models.encoder import CONFIG_FILE as ENCODER_CONFIG
 from models.encoder import WEIGHTS_FILE as ENCODER_WEIGHTS
 
@@ -27,12 +27,8 @@ def _fp16(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.to(torch.float16) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
 
 
-def pipeline_kwargs(kind: str) -> dict:
-    return {"safety_checker": None, "requires_safety_checker": False} if kind == "image" else {}
-
-
 def _pipeline_fp16(src: Path, dst: Path, kind: str) -> None:
-    pipe = PIPELINE_OF[kind].from_pretrained(str(src), **pipeline_kwargs(kind))
+    pipe = load_pipeline(kind, src, torch.float32)  # as the decoder stages saved it
     if kind == "audio":  # the vocoder stage may have been re-run after the audio UNet's
         from transformers import SpeechT5HifiGan
 

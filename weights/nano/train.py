@@ -62,16 +62,13 @@ def seed_decoders(ctx: Context, model_dir: Path, log: Callable[[str], None] = pr
     seconds and say where they came from."""
     import torch
 
-    from models.decoders import PIPELINE_OF
-
-    from .assemble import pipeline_kwargs
+    from models.decoders import load_pipeline
 
     model_dir = Path(model_dir)
     recorded = json.loads((model_dir / "training.json").read_text())["seconds"]
     parts = config.nano_config().components
     for kind, stage_dir in config.DECODER_STAGE_DIRS.items():
-        pipe = PIPELINE_OF[kind].from_pretrained(str(model_dir / getattr(parts, kind)), dtype=torch.float32,
-                                                 **pipeline_kwargs(kind))
+        pipe = load_pipeline(kind, model_dir / getattr(parts, kind), torch.float32)
         pipe.save_pretrained(str(ctx.dir(stage_dir)))
         if kind == "audio":  # the vocoder stage's own directory, which assembly reads
             pipe.vocoder.save_pretrained(str(ctx.dir("vocoder")))
