@@ -104,3 +104,6 @@ def test_the_video_diagnosis_reads_what_the_decoder_conditions_on():
     assert set(res["errors"]) == set(res["true_caption_gain"]) == set(NOISE_BANDS)
     for band, table in res["errors"].items():
         assert table.shape == (4, 4) and (table > 0).all() and np.isfinite(res["true_caption_gain"][band])
+    travel = res["first_guess_travel"]
+    assert set(travel) == {"left", "right", "up", "down"}
+    assert all(abs(v) < 32 for dxy in travel.values() for v in dxy)  # within the frame

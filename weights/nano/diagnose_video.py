@@ -4,7 +4,11 @@ at nano's motion (weights/nano/README.md, "Direction of motion, out"):
 - how far apart its text encoder puts "a red circle moving left / right / up / down" (cosine
   distance of the conditionings; colour words, for scale);
 - its UNet's denoising error on clips of each true direction under captions naming each
-  direction, by noise level: a UNet that uses the direction errs least on the diagonal.
+  direction, by noise level: a UNet that uses the direction errs least on the diagonal;
+- the motion in its first guess: from pure-ish noise (t=950) the UNet's estimate of the clean clip
+  is about the mean clip for the caption, so the centroid of that estimate should travel about
+  15 px the named way (a shape moving right starts at the left); a UNet deaf to direction gives
+  the same small travel whatever the caption names.
 
 `python -m weights.nano.diagnose_video [MODEL_DIR] [--clips N]`
 """
@@ -55,6 +59,26 @@ def error_by_caption(pipe, clips_per_direction: int = 6, seed: int = 5) -> dict[
     return out
 
 
+def first_guess_travel(pipe, t: int = 950, draws: int = 8) -> dict[str, tuple[float, float]]:
+    """{named direction: (dx, dy)}: the centroid travel, first frame to last, of the UNet's estimate
+    of the clean clip from noise at step t, averaged over `draws` noises (the same for every caption)."""
+    ab = noise_schedule().alphas_cumprod[t]
+    z = torch.randn((draws, 4, world.VIDEO_FRAMES, world.IMAGE_SIZE // 2, world.IMAGE_SIZE // 2),
+                    generator=torch.Generator().manual_seed(0))  # (B, C, F, h, w)
+    ys, xs = torch.meshgrid(torch.arange(float(world.IMAGE_SIZE)), torch.arange(float(world.IMAGE_SIZE)), indexing="ij")
+    out = {}
+    for named in world.DIRECTIONS:
+        cond = clip_encode(pipe.tokenizer, pipe.text_encoder, [f"a red circle moving {named}"] * draws)
+        eps = pipe.unet(z, torch.full((draws,), t), encoder_hidden_states=cond).sample
+        x0 = (z - (1 - ab).sqrt() * eps) / ab.sqrt()
+        frames = pipe.vae.decode(x0.transpose(1, 2).flatten(0, 1) / pipe.vae.config.scaling_factor).sample
+        ink = (1 - frames.clamp(-1, 1).mean(1)).clamp(min=0).unflatten(0, (draws, -1))  # (B, F, H, W) darkness
+        mass = ink.sum((-1, -2)) + 1e-6
+        cx, cy = (ink * xs).sum((-1, -2)) / mass, (ink * ys).sum((-1, -2)) / mass  # (B, F)
+        out[named] = (float((cx[:, -1] - cx[:, 0]).mean()), float((cy[:, -1] - cy[:, 0]).mean()))
+    return out
+
+
 @torch.no_grad()
 def diagnose(model_dir: Path, clips_per_direction: int = 6) -> dict:
     from diffusers import TextToVideoSDPipeline
@@ -66,11 +90,13 @@ def diagnose(model_dir: Path, clips_per_direction: int = 6) -> dict:
     colours = caption_distances(pipe.tokenizer, pipe.text_encoder,
                                 [world.article(f"a {c} circle moving right") for c in ("red", "blue")])
     errors = error_by_caption(pipe, clips_per_direction)
+    travel = first_guess_travel(pipe)
     # how much lower the error is under the true direction than under the others (0: ignored)
     gain = {band: float(np.mean([(t.sum(1)[i] - t[i, i]) / 3 - t[i, i] for i in range(4)]) / t.mean())
             for band, t in errors.items()}
     return {"direction_caption_distance": float(directions[np.triu_indices(4, 1)].mean()),
-            "colour_caption_distance": float(colours[0, 1]), "errors": errors, "true_caption_gain": gain}
+            "colour_caption_distance": float(colours[0, 1]), "errors": errors, "true_caption_gain": gain,
+            "first_guess_travel": travel}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"noise t {lo}-{hi}: error x1000, rows the clip's direction, columns the caption's "
               f"(true-caption gain {100 * res['true_caption_gain'][(lo, hi)]:+.2f}%)")
         print((table * 1000).round(2))
+    print("first guess from noise (t=950): centroid travel (dx, dy) in px under each named direction")
+    for named, (dx, dy) in res["first_guess_travel"].items():
+        print(f"  {named:>5}: {dx:+.1f} {dy:+.1f}")
     return 0
 
 
