@@ -10,6 +10,8 @@ devices on every call, which neither a compiled graph nor a fixed memory layout 
 """
 from __future__ import annotations
 
+import threading
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -26,6 +28,27 @@ class Acceleration:
     # family. "reduce-overhead" adds CUDA graphs, faster still per step, but records one graph (and
     # its memory) per batch size and resolution.
     compile_mode: str | None = None
+
+
+def prepare_thread_for_cuda_graphs() -> None:
+    """Give the calling worker thread its own CUDA-graph-tree state.
+
+    Before torch 2.13, inductor sets that state up only in the thread that imports it (and in
+    autograd's threads), so a `reduce-overhead` compiled function called from any other thread
+    fails on an assertion in `cudagraph_trees.get_obj` (pytorch#123177). The server runs the
+    LLM's compiled decode step and the decoders on worker threads: each calls this first. Newer
+    torch sets the state up lazily itself; on a machine without CUDA there is nothing to prepare.
+    """
+    if not torch.cuda.is_available():
+        return
+    from torch._inductor import cudagraph_trees as trees
+
+    if hasattr(trees.local, "tree_manager_containers") or torch._C._is_key_in_tls("tree_manager_containers"):
+        return
+    trees.local.tree_manager_containers = {}  # one tree manager per device, this thread's own
+    trees.local.tree_manager_locks = defaultdict(threading.Lock)
+    torch._C._stash_obj_in_tls("tree_manager_containers", trees.local.tree_manager_containers)
+    torch._C._stash_obj_in_tls("tree_manager_locks", trees.local.tree_manager_locks)
 
 
 def for_modality(modality: str, compile_mode: str | None = None) -> Acceleration:

@@ -7,6 +7,7 @@ from collections import deque
 from concurrent.futures import Future
 from typing import Any, Callable, Protocol
 
+from .acceleration import prepare_thread_for_cuda_graphs
 from .generate import GenerationCancelled
 
 
@@ -30,12 +31,16 @@ class CallQueue:
         self._pending: deque = deque()
         self._cv = threading.Condition()
         self._closed = False
-        self._worker = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._worker = threading.Thread(target=self._serve, name=name, daemon=True)
         if start:
             self._worker.start()
 
     def start(self) -> None:
         self._worker.start()
+
+    def _serve(self) -> None:
+        prepare_thread_for_cuda_graphs()  # the worker may run CUDA-graphed compiled code
+        self._loop()
 
     def _loop(self) -> None:
         raise NotImplementedError

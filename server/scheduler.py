@@ -28,6 +28,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable
 
+from models.acceleration import prepare_thread_for_cuda_graphs
 from models.generate import GenerationCancelled
 from models.types import LanguageOutput
 
@@ -161,7 +162,8 @@ class Stage:
     def __init__(self, name: str, metrics: Metrics, workers: int = 1):
         self.name = name
         self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"nextgpt-{name}")
+        self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"nextgpt-{name}",
+                                           initializer=prepare_thread_for_cuda_graphs)
 
     async def call(self, job: Job, fn: Callable[..., Any], *args: Any) -> Any:
         depth = self.metrics.stage_depth.labels(self.name)

@@ -274,7 +274,8 @@ def decoder_rows(plan: BenchPlan, report: Report, modality: str, pipe, compile_u
         t_ours = measure(plan, lambda: pipe(**call_kwargs(plan, modality, cond, neg, plan.steps)), plan.repeats)
     report.add(Row(f"{name} (ours)", t_ours, stock_s=t_stock, target=f"< {target_s} s" if target_s else "",
                    met=None if target_s is None or plan.tiny else t_ours < target_s,
-                   note=how + "channels_last" + (", fused QKV" if for_modality(modality).fuse_qkv else "")
+                   note=how + "channels_last" + (" (VAE only: 5-D Conv3d weights)" if modality == "video" else "")
+                   + (", fused QKV" if for_modality(modality).fuse_qkv else "")
                    + ", negative embeds once",
                    peak_gib=peak_gib(plan), weights_gib=weights / 2**30, work_gib=work_gib(plan, mark)))
     return neg

@@ -101,3 +101,63 @@ def test_on_a_gpu_the_server_speeds_up_every_decoder_and_the_lone_llm_row(tiny_d
         assert model.llm_batcher.solo_steps_run > 0
     finally:
         model.close()
+
+
+def _cuda_graph_state_in_a_worker(start_worker) -> dict:
+    """What a worker thread started by `start_worker(fn)` sees of CUDA-graph-tree state."""
+    from torch._inductor import cudagraph_trees as trees
+
+    main = trees.get_obj(trees.local, "tree_manager_containers")
+    seen: dict = {}
+
+    def work():
+        seen["in_tls"] = torch._C._is_key_in_tls("tree_manager_containers")
+        seen["own"] = trees.get_obj(trees.local, "tree_manager_containers") is not main
+
+    start_worker(work)
+    return seen
+
+
+@pytest.fixture
+def cuda_claimed(monkeypatch):
+    """The helper prepares threads only where CUDA is; the state it sets up is CPU-side."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+def test_the_server_s_worker_threads_get_their_own_cuda_graph_state(cuda_claimed):
+    """torch < 2.13 asserts when a CUDA-graphed compiled function runs on a thread inductor did not
+    set up (pytorch#123177: the GPU bench hit it in the LLM batcher's worker on torch 2.11). The
+    batchers' worker threads and the server's stage threads prepare themselves first."""
+    import threading
+
+    from models.call_queue import CallQueue
+    from server.metrics import Metrics
+    from server.scheduler import Stage
+
+    class Probe(CallQueue):
+        def __init__(self, fn):
+            self.fn = fn
+            super().__init__("probe", start=False)
+
+        def _loop(self):
+            self.fn()
+
+    def in_call_queue(fn):
+        probe = Probe(fn)
+        probe.start()
+        probe._worker.join()
+
+    def in_stage(fn):
+        stage = Stage("probe", Metrics())
+        stage.executor.submit(fn).result()
+        stage.executor.shutdown()
+
+    def in_plain_thread(fn):
+        from models.acceleration import prepare_thread_for_cuda_graphs
+
+        t = threading.Thread(target=lambda: (prepare_thread_for_cuda_graphs(), fn()))
+        t.start()
+        t.join()
+
+    for start in (in_call_queue, in_stage, in_plain_thread):
+        assert _cuda_graph_state_in_a_worker(start) == {"in_tls": True, "own": True}, start.__name__
