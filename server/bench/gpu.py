@@ -28,7 +28,7 @@ from models.acceleration import accelerate_pipeline, for_modality, uncompiled
 
 from . import gpu_arch as arch
 from . import gpu_llm as llm
-from .gpu_report import Report, Row
+from .gpu_report import Report, Row, kernel_profile
 
 SIGNAL_IMG = [32002, 32003, 32004, 32005]  # [IMG0..3] in the release's vocabulary
 
@@ -56,6 +56,7 @@ class BenchPlan:
     compile_unets: bool = True  # SD and AudioLDM UNets (about a minute of compilation each)
     compile_video: bool = False  # Zeroscope's UNet3D: the slowest compile (--compile-video; +1-2 min)
     bandwidth_tbs: float | None = None  # overrides the datasheet figure looked up by device name
+    profile: bool = False  # one more call of each compiled row under torch.profiler (--profile)
 
 
 QUICK = dict(repeats=2, stock_repeats=1, new_tokens=64)
@@ -80,6 +81,14 @@ def measure(plan: BenchPlan, fn, repeats: int) -> float:
         sync(plan)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def profile_row(plan: BenchPlan, report: Report, name: str, fn) -> None:
+    """With --profile: where one more call of `fn` spends device time, printed and kept in the JSON."""
+    if plan.profile:
+        table = kernel_profile(fn, plan.device.startswith("cuda"))
+        report.info.setdefault("profiles", {})[name] = table
+        print(f"profile of {name}:\n{table}", flush=True)
 
 
 def peak_gib(plan: BenchPlan) -> float | None:
@@ -167,6 +176,7 @@ def llm_section(plan: BenchPlan, report: Report) -> LlmState:
         llm.static_generate(dec, ids, 8)
     t_static = measure(plan, lambda: llm.static_generate(dec, ids, n), plan.repeats)
     t_prefill = measure(plan, lambda: dec.prefill(ids), plan.repeats)
+    profile_row(plan, report, "llm: static cache + compiled step", lambda: llm.static_generate(dec, ids, n))
     decode_tok_s = (n - 1) / max(t_static - t_prefill, 1e-9)
     pct_static = pct(decode_tok_s)
     report.add(Row("llm: static cache + compiled step (ours)", t_static, stock_s=t_hf, tok_s=decode_tok_s,
@@ -272,6 +282,7 @@ def decoder_rows(plan: BenchPlan, report: Report, modality: str, pipe, compile_u
             pipe(**call_kwargs(plan, modality, cond, neg, plan.warmup_steps))
         mark = memory_mark(plan)
         t_ours = measure(plan, lambda: pipe(**call_kwargs(plan, modality, cond, neg, plan.steps)), plan.repeats)
+        profile_row(plan, report, f"{name} (ours)", lambda: pipe(**call_kwargs(plan, modality, cond, neg, plan.steps)))
     report.add(Row(f"{name} (ours)", t_ours, stock_s=t_stock, target=f"< {target_s} s" if target_s else "",
                    met=None if target_s is None or plan.tiny else t_ours < target_s,
                    note=how + "channels_last" + (" (VAE only: 5-D Conv3d weights)" if modality == "video" else "")
@@ -368,6 +379,7 @@ def main(argv=None) -> None:
     parser.add_argument("--budget-s", type=float, default=480.0, help="start no section after this many seconds")
     parser.add_argument("--no-compile", action="store_true", help="eager only")
     parser.add_argument("--compile-video", action="store_true", help="also compile Zeroscope's UNet3D (+1-2 min)")
+    parser.add_argument("--profile", action="store_true", help="also profile one call of each of our rows")
     parser.add_argument("--bandwidth-tbs", type=float, default=None, help="HBM bandwidth if the name lookup fails")
     args = parser.parse_args(argv)
     overrides = dict(TINY_CPU) if args.tiny_cpu else {}
@@ -379,6 +391,8 @@ def main(argv=None) -> None:
         overrides.update(compile_video=True)
     if args.bandwidth_tbs:
         overrides.update(bandwidth_tbs=args.bandwidth_tbs)
+    if args.profile:
+        overrides.update(profile=True)
     plan = dataclasses.replace(BenchPlan(), **overrides)
     if plan.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --tiny-cpu to check the script on a CPU")

@@ -106,3 +106,18 @@ class Report:
         print("\n" + self.table() + f"\n\nwall time {wall:.0f} s; sections {self.sections}", flush=True)
         self.save(path)
         print(f"written {path}", flush=True)
+
+
+def kernel_profile(fn, cuda: bool, rows: int = 20) -> str:
+    """One call of `fn` under torch.profiler: the ops (and, on CUDA, kernels) that take the most
+    device time, as the profiler's table. What the misses in docs/gpu-bench.md need next."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+

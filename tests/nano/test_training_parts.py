@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from weights.nano import audio, dialogue, measure, world
+from weights.nano import audio, config, dialogue, measure, train, world
 
 
 def test_measures_read_ground_truth_media_perfectly():
@@ -122,6 +122,45 @@ def test_decoder_stages_can_be_taken_from_an_assembled_model(tmp_path):
     assert src.keys() == got.keys()
     assert all(got[k].dtype == torch.float32 and torch.equal(got[k].half(), src[k]) for k in src)
     assert (tmp_path / "vocoder" / "config.json").is_file()
+    assert (tmp_path / config.VIDEO_UNET_DIR / "unet").is_dir()  # what `--stage video_motion --redo` starts from
+
+
+def test_the_motion_stage_reads_the_direction_word_wherever_it_falls():
+    """Two-piece colours and shapes ("pur ple", "cir cle") move the direction word: the classifier
+    reads it, and the end token, from where the end token is."""
+    from transformers import AutoTokenizer
+
+    from weights.nano.video_motion import direction_positions
+
+    tok = AutoTokenizer.from_pretrained(str(train.DEFAULT_OUT / "video_decoder" / "tokenizer"))
+    captions = ["a red circle moving right", "an orange triangle moving down", "a purple square moving up"]
+    ids, pos = direction_positions(tok, captions)
+    for row, (word, end), caption in zip(ids, pos.tolist(), captions):
+        assert tok.convert_ids_to_tokens(int(row[word])) == caption.split()[-1] + "</w>"
+        assert int(row[end]) == tok.eos_token_id and int(row[end - 1]) != tok.eos_token_id
+
+
+def test_the_motion_stage_fine_tunes_the_video_decoder_it_is_given(tmp_path, monkeypatch):
+    """One step of `video_motion` on the committed decoder: a stock pipeline comes out, changed,
+    with the training-only heads and hooks gone."""
+    from diffusers import TextToVideoSDPipeline
+
+    from models.decoders import load_pipeline
+    from weights.nano import video_motion
+    from weights.nano.common import Context
+    from weights.nano.config import Budget
+
+    monkeypatch.setattr(video_motion, "MEAN_CLIPS", 1)
+    budget = Budget({**Budget().steps, "video_motion": 1}, {**Budget().batch, "video_motion": 2})
+    ctx = Context(work=tmp_path, budget=budget, log=lambda line: None)
+    start = load_pipeline("video", train.DEFAULT_OUT / "video_decoder", torch.float32)
+    start.save_pretrained(str(ctx.dir(config.VIDEO_UNET_DIR)))
+    info = video_motion.stage_video_motion(ctx)
+    assert info["steps"] == 1
+    out = TextToVideoSDPipeline.from_pretrained(str(tmp_path / config.DECODER_STAGE_DIRS["video"]))
+    before, after = start.unet.state_dict(), out.unet.state_dict()
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
+    assert not out.unet.mid_block._forward_hooks
 
 
 def test_eval_judges_words_strictly():

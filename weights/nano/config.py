@@ -48,6 +48,7 @@ VOCODER = dict(upsample_initial_channel=64, upsample_rates=[HOP], upsample_kerne
 # where each decoder stage writes its pipeline, under the work directory: what the video stage
 # starts from, the output projections take their targets from and the model is assembled from
 DECODER_STAGE_DIRS = {"image": "image_decoder", "audio": "audio_decoder", "video": "video_decoder"}
+VIDEO_UNET_DIR = "video_unet_decoder"  # the video decoder after `video_unet`, before `video_motion`
 
 DECODER_DEFAULTS = {  # nano's defaults: small and quick on a CPU
     "image": {"num_inference_steps": 20, "guidance_scale": 4.0, "height": 32, "width": 32},
@@ -62,12 +63,12 @@ class Budget:
 
     steps: dict[str, int] = field(default_factory=lambda: {
         "image_vae": 800, "image_unet": 1200, "vocoder": 800, "audio_vae": 400, "audio_unet": 2000,
-        "video_unet": 700, "imagebind": 1800, "llm": 1500, "align_input": 600, "align_output": 800,
+        "video_unet": 700, "video_motion": 450, "imagebind": 1800, "llm": 1500, "align_input": 600, "align_output": 800,
         "instruct": 2500,
     })
     batch: dict[str, int] = field(default_factory=lambda: {
         "image_vae": 32, "image_unet": 32, "vocoder": 12, "audio_vae": 32, "audio_unet": 32,
-        "video_unet": 8, "imagebind": 32, "llm": 32, "align_input": 32, "align_output": 32, "instruct": 32,
+        "video_unet": 8, "video_motion": 8, "imagebind": 32, "llm": 32, "align_input": 32, "align_output": 32, "instruct": 32,
     })
 
     def scaled(self, factor: float) -> "Budget":

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..presets import WEIGHTS_ROOT, preset_dir
-from . import config, decoders, encoder, language, video
+from . import config, decoders, encoder, language, video, video_motion
 from .common import Context, set_threads
 from .config import Budget
 
@@ -28,10 +28,11 @@ STAGES: dict[str, tuple[Callable[[Context], dict], tuple[str, ...]]] = {
     "audio_vae": (decoders.stage_audio_vae, ()),
     "audio_unet": (decoders.stage_audio_unet, ("tokenizers", "audio_vae", "vocoder")),
     "video_unet": (video.stage_video_unet, ("image_unet",)),
+    "video_motion": (video_motion.stage_video_motion, ("video_unet",)),
     "imagebind": (encoder.stage_imagebind, ()),
     "llm": (language.stage_llm, ("tokenizers",)),
     "align_input": (language.stage_align_input, ("llm", "imagebind")),
-    "align_output": (language.stage_align_output, ("align_input", "image_unet", "audio_unet", "video_unet")),
+    "align_output": (language.stage_align_output, ("align_input", "image_unet", "audio_unet", "video_motion")),
     "instruct": (language.stage_instruct, ("align_output",)),
 }
 ORDER = list(STAGES)
@@ -52,7 +53,7 @@ def _closure(names: list[str]) -> list[str]:
     return [s for s in ORDER if s in need]
 
 
-DECODER_STAGES = ("vocoder", "image_vae", "image_unet", "audio_vae", "audio_unet", "video_unet")
+DECODER_STAGES = ("vocoder", "image_vae", "image_unet", "audio_vae", "audio_unet", "video_unet", "video_motion")
 
 
 def seed_decoders(ctx: Context, model_dir: Path, log: Callable[[str], None] = print) -> None:
@@ -72,6 +73,8 @@ def seed_decoders(ctx: Context, model_dir: Path, log: Callable[[str], None] = pr
         pipe.save_pretrained(str(ctx.dir(stage_dir)))
         if kind == "audio":  # the vocoder stage's own directory, which assembly reads
             pipe.vocoder.save_pretrained(str(ctx.dir("vocoder")))
+        if kind == "video":  # also as `video_unet`'s output, so that `--stage video_motion --redo` can run on it
+            pipe.save_pretrained(str(ctx.dir(config.VIDEO_UNET_DIR)))
     for stage in DECODER_STAGES:
         ctx.mark_done(stage, {"seconds": recorded.get(stage), "steps": ctx.steps(stage), "seeded_from": str(model_dir)})
     log(f"[seed] decoder stages taken from {model_dir}: {', '.join(DECODER_STAGES)}")

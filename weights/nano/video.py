@@ -2,7 +2,7 @@
 
 `video_unet` starts the UNet3D from the image UNet (its temporal layers as identities) and trains
 it, with the image text encoder, on the diffusion loss. At nano size and budget that teaches the
-shape and colour of every frame but not the motion (weights/nano/README.md says what was tried).
+shape and colour of every frame but not the motion: `video_motion` (video_motion.py) teaches that.
 """
 from __future__ import annotations
 
@@ -90,5 +90,5 @@ def stage_video_unet(ctx: Context) -> dict:
                       modules={"unet": unet, "text": text}, rng=rng)
     pipe = TextToVideoSDPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
                                  unet=emas[0].copy_to().eval(), scheduler=sampler())
-    pipe.save_pretrained(str(ctx.dir(config.DECODER_STAGE_DIRS["video"])))
+    pipe.save_pretrained(str(ctx.dir(config.VIDEO_UNET_DIR)))
     return info
