@@ -55,8 +55,6 @@ def test_asked_for_a_high_tone_it_plays_a_high_tone(nano):
     assert peak >= world.PITCH_EDGES[1], f"spectral peak {peak:.0f} Hz is not high"
 
 
-@pytest.mark.xfail(strict=True, reason="nano's video decoder does not follow the direction yet: "
-                   "`nextgpt eval nano` measures 25-42% (chance is 25%); see weights/nano/README.md")
 def test_asked_for_a_shape_moving_each_way_the_centroid_moves_that_way(nano):
     # all four directions: one prompt alone is right one time in four by chance
     for direction in world.DIRECTIONS:
@@ -93,17 +91,19 @@ def test_generated_text_carries_no_signal_tokens(nano):
     assert "[IMG" not in result.text and "<Img>" not in result.text
 
 
-def test_the_video_diagnosis_reads_what_the_decoder_conditions_on():
-    """`python -m weights.nano.diagnose_video`: the measure behind the xfail above (today: direction
-    captions 0.0004 apart, colours 0.34; the UNet errs the same under every direction's caption)."""
+def test_the_video_diagnosis_sees_the_decoder_hear_the_direction():
+    """`python -m weights.nano.diagnose_video` on nano after `video_motion` (before it: direction
+    captions 0.0004 apart, the same error under every direction's caption, a first guess that
+    travelled 0-3 px whatever the caption named; now 0.07, 18% lower error under the true
+    direction at high noise, about 15 px the named way)."""
     from weights.nano.diagnose_video import NOISE_BANDS, diagnose
 
     res = diagnose(DEFAULT_OUT, clips_per_direction=1)
-    assert res["colour_caption_distance"] > 0.1  # what the decoder does follow is far apart
-    assert 0 <= res["direction_caption_distance"] < 2
+    assert res["direction_caption_distance"] > 0.01 and res["colour_caption_distance"] > 0.01
     assert set(res["errors"]) == set(res["true_caption_gain"]) == set(NOISE_BANDS)
     for band, table in res["errors"].items():
         assert table.shape == (4, 4) and (table > 0).all() and np.isfinite(res["true_caption_gain"][band])
+    assert res["true_caption_gain"][NOISE_BANDS[0]] > 0.02  # at high noise the named direction helps
     travel = res["first_guess_travel"]
-    assert set(travel) == {"left", "right", "up", "down"}
-    assert all(abs(v) < 32 for dxy in travel.values() for v in dxy)  # within the frame
+    assert travel["left"][0] < -5 and travel["right"][0] > 5, travel
+    assert travel["up"][1] < -5 and travel["down"][1] > 5, travel
