@@ -63,12 +63,13 @@ class Budget:
 
     steps: dict[str, int] = field(default_factory=lambda: {
         "image_vae": 800, "image_unet": 1200, "vocoder": 800, "audio_vae": 400, "audio_unet": 2000,
-        "video_unet": 700, "video_motion": 450, "imagebind": 1800, "llm": 1500, "align_input": 600, "align_output": 800,
-        "instruct": 2500,
+        "video_unet": 700, "video_motion": 450, "imagebind": 1800, "llm": 1500, "align_input": 600,
+        "align_output": 800, "instruct": 2500,
     })
     batch: dict[str, int] = field(default_factory=lambda: {
         "image_vae": 32, "image_unet": 32, "vocoder": 12, "audio_vae": 32, "audio_unet": 32,
-        "video_unet": 8, "video_motion": 8, "imagebind": 32, "llm": 32, "align_input": 32, "align_output": 32, "instruct": 32,
+        "video_unet": 8, "video_motion": 8, "imagebind": 32, "llm": 32, "align_input": 32, "align_output": 32,
+        "instruct": 32,
     })
 
     def scaled(self, factor: float) -> "Budget":
