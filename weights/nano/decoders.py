@@ -67,11 +67,15 @@ def drop_captions(rng: random.Random, captions: list[str]) -> list[str]:
     return ["" if rng.random() < CAPTION_DROP else c for c in captions]
 
 
+def clip_ids(tokenizer, captions: list[str]) -> torch.Tensor:
+    """The token ids StableDiffusionPipeline.encode_prompt feeds its text encoder: (B, 77)."""
+    return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids
+
+
 def clip_encode(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     """What StableDiffusionPipeline.encode_prompt computes: (B, 77, D)."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
-    return text_encoder(ids)[0]
+    return text_encoder(clip_ids(tokenizer, captions))[0]
 
 
 def clap_encode(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:

@@ -57,12 +57,18 @@ def video_unet_from(image: UNet2DConditionModel) -> UNet3DConditionModel:
     return unet
 
 
-def _unet_groups(unet: UNet3DConditionModel, spatial_scale: float) -> list[dict]:
-    """The temporal layers at the full learning rate, the spatial ones (from the image UNet) slower."""
-    temporal = [p for k, p in unet.named_parameters() if "temp_" in k or "transformer_in" in k]
-    ids = {id(p) for p in temporal}
-    spatial = [p for p in unet.parameters() if id(p) not in ids]
-    return [{"params": temporal, "lr_scale": 1.0}, {"params": spatial, "lr_scale": spatial_scale}]
+def is_temporal(name: str) -> bool:
+    """A UNet3D parameter of the temporal layers (the ones the image UNet does not have)."""
+    return "temp_" in name or "transformer_in" in name
+
+
+def unet_groups(unet: UNet3DConditionModel, slow_scale: float, fast=is_temporal, fast_scale: float = 1.0) -> list[dict]:
+    """Two learning-rate groups: the parameters whose names `fast` picks (by default the temporal
+    layers) at `fast_scale`, the rest (the spatial layers, from the image UNet) at `slow_scale`."""
+    fast_params = [p for k, p in unet.named_parameters() if fast(k)]
+    ids = {id(p) for p in fast_params}
+    slow = [p for p in unet.parameters() if id(p) not in ids]
+    return [{"params": fast_params, "lr_scale": fast_scale}, {"params": slow, "lr_scale": slow_scale}]
 
 
 def stage_video_unet(ctx: Context) -> dict:
@@ -84,7 +90,7 @@ def stage_video_unet(ctx: Context) -> dict:
         cond = clip_encode(tokenizer, text, drop_captions(rng, captions))
         return {"loss": diffusion_loss(unet, z, sched, encoder_hidden_states=cond)}
 
-    groups = _unet_groups(unet, 0.3)
+    groups = unet_groups(unet, 0.3)
     groups[1]["params"] += list(text.parameters())
     info = train_loop(stage, ctx, None, step, lr=1e-3, ema=emas, param_groups=groups,
                       modules={"unet": unet, "text": text}, rng=rng)

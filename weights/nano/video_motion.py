@@ -25,8 +25,8 @@ from diffusers import TextToVideoSDPipeline
 
 from . import config, world
 from .common import Context, train_loop
-from .decoders import drop_captions, noise_schedule
-from .video import video_batch, video_latents
+from .decoders import clip_encode, clip_ids, drop_captions, noise_schedule
+from .video import is_temporal, unet_groups, video_batch, video_latents
 
 DIRECTIONS = list(world.DIRECTIONS)
 WEIGHTS = {"direction": 0.05, "mean": 0.1, "frame_index": 0.05}  # session 6's; larger ones were not tried
@@ -49,8 +49,7 @@ def direction_positions(tokenizer, captions: list[str]) -> tuple[torch.Tensor, t
     """Token ids (B, 77) and, per caption, the positions of its last word and its end token (B, 2).
 
     Located from the end token, not fixed: a colour or shape of two pieces moves them."""
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                    return_tensors="pt").input_ids
+    ids = clip_ids(tokenizer, captions)
     end = (ids == tokenizer.eos_token_id).int().argmax(dim=1)  # the first end token (padding repeats it)
     return ids, torch.stack([end - 1, end], dim=1)
 
@@ -89,11 +88,8 @@ def _timesteps(n: int, high_share: float) -> torch.Tensor:
 def _param_groups(unet, text, heads) -> list[dict]:
     """Temporal and cross-attention layers 3x the rate (they must learn the motion and read the
     caption's direction); the other spatial layers, which already draw shapes, 0.3x."""
-    fast = [p for k, p in unet.named_parameters() if "temp_" in k or "transformer_in" in k or "attn2" in k]
-    ids = {id(p) for p in fast}
-    slow = [p for p in unet.parameters() if id(p) not in ids]
-    return [{"params": fast, "lr_scale": 3.0}, {"params": slow, "lr_scale": 0.3},
-            {"params": list(text.parameters()) + list(heads.parameters()), "lr_scale": 1.0}]
+    groups = unet_groups(unet, 0.3, fast=lambda name: is_temporal(name) or "attn2" in name, fast_scale=3.0)
+    return groups + [{"params": list(text.parameters()) + list(heads.parameters()), "lr_scale": 1.0}]
 
 
 def stage_video_motion(ctx: Context) -> dict:
@@ -115,8 +111,7 @@ def stage_video_motion(ctx: Context) -> dict:
         x, captions = video_batch(rng, n)
         z = video_latents(vae, x)  # (n, 4, F, h, w)
         captions = drop_captions(rng, captions)
-        cond = text(tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length,
-                              truncation=True, return_tensors="pt").input_ids)[0]
+        cond = clip_encode(tokenizer, text, captions)
         # diffusion loss, timesteps biased high
         noise, t = torch.randn_like(z), _timesteps(n, HIGH_NOISE_SHARE)
         diffusion = F.mse_loss(unet(sched.add_noise(z, noise, t), t, encoder_hidden_states=cond).sample, noise)
