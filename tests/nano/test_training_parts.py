@@ -163,6 +163,22 @@ def test_the_motion_stage_fine_tunes_the_video_decoder_it_is_given(tmp_path, mon
     assert not out.unet.mid_block._forward_hooks
 
 
+def test_assembly_drops_the_training_machines_paths_from_configs(tmp_path):
+    import json
+
+    from weights.nano.assemble import _strip_source_paths
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet3DConditionModel",
+                                                               "_name_or_path": "/tmp/nano/video_decoder/unet"}))
+    (tmp_path / "model_index.json").write_text(json.dumps({"_name_or_path": "/tmp/nano/video_decoder", "unet": ["a", "b"]}))
+    (tmp_path / "merges.json").write_text(json.dumps([["a", "b"]]))  # not a mapping: left alone
+    _strip_source_paths(tmp_path)
+    assert json.loads((tmp_path / "unet" / "config.json").read_text()) == {"_class_name": "UNet3DConditionModel"}
+    assert json.loads((tmp_path / "model_index.json").read_text()) == {"unet": ["a", "b"]}
+    assert json.loads((tmp_path / "merges.json").read_text()) == [["a", "b"]]
+
+
 def test_eval_judges_words_strictly():
     from weights.nano.eval import judge_answer
 

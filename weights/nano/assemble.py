@@ -36,6 +36,15 @@ def _pipeline_fp16(src: Path, dst: Path, kind: str) -> None:
     pipe.to(torch.float16).save_pretrained(str(dst))
 
 
+def _strip_source_paths(model_dir: Path) -> None:
+    """Drop `_name_or_path` from every saved config and pipeline index: it records the training
+    work directory, a path on the machine that trained, which means nothing where the model loads."""
+    for path in model_dir.rglob("*.json"):
+        cfg = json.loads(path.read_text())
+        if isinstance(cfg, dict) and cfg.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def assemble(ctx: Context, out: Path) -> Path:
     from transformers import AutoTokenizer, LlamaForCausalLM
 
@@ -54,6 +63,7 @@ def assemble(ctx: Context, out: Path) -> Path:
         save_file(_fp16(load_file(str(work / "instruct" / "state.safetensors"))), str(tmp / parts.nextgpt / CHECKPOINT_FILE))
         for kind in ("image", "audio", "video"):
             _pipeline_fp16(work / config.DECODER_STAGE_DIRS[kind], tmp / getattr(parts, kind), kind)
+        _strip_source_paths(tmp)
         cfg.save(tmp)
         (tmp / "README.txt").write_text(README)
         timings = {s: ctx.info(s).get("seconds") for s in sorted(p.name for p in work.iterdir() if (p / "DONE.json").is_file())}
