@@ -51,14 +51,14 @@ def video_unet_from(image: UNet2DConditionModel) -> UNet3DConditionModel:
     unet.load_state_dict(copied, strict=False)
     with torch.no_grad():  # temporal attention outputs start at zero (temporal convs already do)
         for name, module in unet.named_modules():
-            if ("temp_attentions" in name or name.startswith("transformer_in")) and name.endswith("proj_out"):
+            if is_temporal(name) and name.endswith("proj_out"):
                 module.weight.zero_()
                 module.bias.zero_()
     return unet
 
 
 def is_temporal(name: str) -> bool:
-    """A UNet3D parameter of the temporal layers (the ones the image UNet does not have)."""
+    """A UNet3D parameter or module of the temporal layers (the ones the image UNet does not have)."""
     return "temp_" in name or "transformer_in" in name
 
 
