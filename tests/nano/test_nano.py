@@ -107,3 +107,19 @@ def test_the_video_diagnosis_sees_the_decoder_hear_the_direction():
     travel = res["first_guess_travel"]
     assert travel["left"][0] < -5 and travel["right"][0] > 5, travel
     assert travel["up"][1] < -5 and travel["down"][1] > 5, travel
+
+
+def test_the_projection_diagnosis_lands_seen_requests_on_their_own_caption(nano):
+    """`python -m weights.nano.diagnose_projection`: every seen request is answered by name and
+    projected nearest its own caption by a wide margin; the held-out ones are all measured (where
+    they land is what the nano README reports, not a pass mark)."""
+    from weights.nano.diagnose_projection import captions, diagnose
+
+    landings = diagnose(nano)
+    assert len(landings) == len(captions("image")) + len(captions("audio"))
+    seen = [r for r in landings if not r.held_out]
+    assert all(r.named and r.rank == 1 and r.nearest == r.asked and r.margin > 1 for r in seen), \
+        [r for r in seen if r.rank != 1 or not r.named]
+    held = {(r.modality, r.asked) for r in landings if r.held_out}
+    assert len(held) == len(world.HELD_OUT_SHAPES) + len(world.HELD_OUT_TONES)
+    assert all(1 <= r.rank <= len(captions(r.modality)) for r in landings)

@@ -1,0 +1,109 @@
+"""Where the output projections land a request, without decoding: for "Draw a purple circle." (or
+"Play a low beeping tone."), the conditioning that the LLM and the output projection make, against
+each decoder's own text-encoder conditioning of every caption of the world.
+
+`nextgpt eval nano` samples a dozen drawings per row, so a held-out pair moving by one or two
+drawings is noise-sized. This measure is deterministic and separates two faults: the LLM naming
+the wrong pair in its answer, and the projection mapping the right answer near another caption.
+For each request: whether the answer names the pair, the rank of the asked caption among all
+captions by MSE (1: nearest), the nearest caption, and the margin (MSE to the nearest other
+caption over MSE to the asked one, minus 1: above 0 means the asked caption is nearest).
+
+    python -m weights.nano.diagnose_projection [MODEL_DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import dialogue, world
+from .decoders import clap_encode, clip_encode
+
+
+@dataclass
+class Landing:
+    modality: str
+    asked: str  # the caption asked for
+    held_out: bool
+    named: bool  # the answer names exactly the asked pair
+    rank: int  # of the asked caption among all captions, by MSE (1: nearest)
+    nearest: str
+    margin: float  # MSE to the nearest other caption / MSE to the asked one - 1
+
+
+def captions(modality: str) -> list[tuple[str, dict[str, str]]]:
+    """Every caption of the world a decoder can be asked for, with the attributes it names."""
+    if modality == "image":
+        return [(world.article(f"a {c} {s}"), {"colour": c, "shape": s})
+                for c, s in itertools.product(world.COLOURS, world.SHAPES)]
+    return [(f"a {p} {t} tone", {"pitch": p, "timbre": t}) for p, t in itertools.product(world.PITCHES, world.TIMBRES)]
+
+
+@torch.no_grad()
+def caption_conditionings(model, modality: str, texts: list[str]) -> torch.Tensor:
+    """(C, ...) what the decoder's own text encoder makes of each caption."""
+    pipe = model.decoders[modality].pipe
+    encode = clip_encode if modality == "image" else clap_encode
+    return encode(pipe.tokenizer, pipe.text_encoder, texts).float()
+
+
+@torch.no_grad()
+def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], held_out: bool,
+         texts: list[str], targets: torch.Tensor, seed: int = 0) -> Landing:
+    from models.generate import SamplingParams
+    from models.types import Message
+
+    from .eval import judge_answer
+
+    lang = model.language([Message("user", prompt)], required=[modality],
+                          sampling=SamplingParams(max_new_tokens=48, seed=seed))
+    cond = lang.conditions[modality].float().reshape(1, *targets.shape[1:])  # (1, ...)
+    mse = (targets - cond).pow(2).flatten(1).mean(1)  # (C,)
+    order = mse.argsort().tolist()
+    i = texts.index(asked)
+    others = mse[[k for k in range(len(texts)) if k != i]]
+    return Landing(modality, asked, held_out, judge_answer(lang.text, names), order.index(i) + 1,
+                   texts[order[0]], float(others.min() / mse[i] - 1))
+
+
+def diagnose(model, seed: int = 0) -> list[Landing]:
+    """One request per caption of the image and audio decoders (held-out pairs marked)."""
+    landings = []
+    for modality in ("image", "audio"):
+        pairs = captions(modality)
+        texts = [t for t, _ in pairs]
+        targets = caption_conditionings(model, modality, texts)
+        for k, (text, names) in enumerate(pairs):
+            if modality == "image":
+                prompt = world.article(dialogue.DRAW[k % len(dialogue.DRAW)].format(**names))
+                held_out = (names["colour"], names["shape"]) in world.HELD_OUT_SHAPES
+            else:
+                prompt = dialogue.PLAY[k % len(dialogue.PLAY)].format(desc=f"{names['pitch']} {names['timbre']}")
+                held_out = (names["pitch"], names["timbre"]) in world.HELD_OUT_TONES
+            landings.append(land(model, modality, prompt, text, names, held_out, texts, targets, seed))
+    return landings
+
+
+def main(argv: list[str] | None = None) -> int:
+    from models.nextgpt import NextGPT
+
+    from ..presets import preset_dir
+
+    p = argparse.ArgumentParser(prog="python -m weights.nano.diagnose_projection", description=__doc__.split("\n\n")[0])
+    p.add_argument("model_dir", nargs="?", type=Path, default=preset_dir("nano"))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    model = NextGPT.from_pretrained(args.model_dir)
+    print("| asked | held out | answer names it | rank | nearest | margin |\n|---|---|---|---|---|---|")
+    for r in diagnose(model, args.seed):
+        print(f"| {r.asked} | {'yes' if r.held_out else ''} | {'yes' if r.named else 'NO'} | {r.rank} | "
+              f"{r.nearest} | {r.margin:+.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
