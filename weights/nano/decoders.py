@@ -86,6 +86,13 @@ def clap_encode(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     return F.normalize(emb, dim=-1)
 
 
+def caption_conditioning(modality: str, pipe, captions: list[str]) -> torch.Tensor:
+    """What a decoder pipeline conditions on for `captions`: its CLIP states (B, 77, D) for the
+    image and video decoders, its CLAP embedding (B, D) for the audio decoder."""
+    encode = clap_encode if modality == "audio" else clip_encode
+    return encode(pipe.tokenizer, pipe.text_encoder, captions)
+
+
 # ----------------------------------------------------------------------------------- VAEs
 
 def _train_vae(ctx: Context, stage: str, vae: AutoencoderKL, batch_fn) -> dict:

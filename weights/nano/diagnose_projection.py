@@ -14,14 +14,13 @@ caption over MSE to the asked one, minus 1: above 0 means the asked caption is n
 from __future__ import annotations
 
 import argparse
-import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from . import dialogue, world
-from .decoders import clap_encode, clip_encode
+from .decoders import caption_conditioning
 
 
 @dataclass
@@ -38,17 +37,8 @@ class Landing:
 def captions(modality: str) -> list[tuple[str, dict[str, str]]]:
     """Every caption of the world a decoder can be asked for, with the attributes it names."""
     if modality == "image":
-        return [(world.article(f"a {c} {s}"), {"colour": c, "shape": s})
-                for c, s in itertools.product(world.COLOURS, world.SHAPES)]
-    return [(f"a {p} {t} tone", {"pitch": p, "timbre": t}) for p, t in itertools.product(world.PITCHES, world.TIMBRES)]
-
-
-@torch.no_grad()
-def caption_conditionings(model, modality: str, texts: list[str]) -> torch.Tensor:
-    """(C, ...) what the decoder's own text encoder makes of each caption."""
-    pipe = model.decoders[modality].pipe
-    encode = clip_encode if modality == "image" else clap_encode
-    return encode(pipe.tokenizer, pipe.text_encoder, texts).float()
+        return [(world.article(f"a {c} {s}"), {"colour": c, "shape": s}) for c, s in world.shape_pairs(None)]
+    return [(f"a {p} {t} tone", {"pitch": p, "timbre": t}) for p, t in world.tone_pairs(None)]
 
 
 @torch.no_grad()
@@ -76,7 +66,8 @@ def diagnose(model, seed: int = 0) -> list[Landing]:
     for modality in ("image", "audio"):
         pairs = captions(modality)
         texts = [t for t, _ in pairs]
-        targets = caption_conditionings(model, modality, texts)
+        with torch.no_grad():  # (C, ...) what the decoder's own text encoder makes of each caption
+            targets = caption_conditioning(modality, model.decoders[modality].pipe, texts).float()
         for k, (text, names) in enumerate(pairs):
             if modality == "image":
                 prompt = world.article(dialogue.DRAW[k % len(dialogue.DRAW)].format(**names))

@@ -40,6 +40,7 @@ from models.signals import MODALITIES
 from . import config, dialogue, world
 from .common import Context, train_loop
 from .config import Budget
+from .decoders import caption_conditioning
 from .dialogue import Conversation, Dialogues
 
 STATE = "state.safetensors"
@@ -179,19 +180,16 @@ class Targets:
     def __init__(self, ctx: Context):
         from diffusers import AudioLDMPipeline, StableDiffusionPipeline, TextToVideoSDPipeline
 
-        from .decoders import clap_encode, clip_encode
-
         w = ctx.work
         dirs = config.DECODER_STAGE_DIRS
-        img = StableDiffusionPipeline.from_pretrained(str(w / dirs["image"]), safety_checker=None,
-                                                      requires_safety_checker=False)
-        vid = TextToVideoSDPipeline.from_pretrained(str(w / dirs["video"]))
-        aud = AudioLDMPipeline.from_pretrained(str(w / dirs["audio"]))
-        self.encoders = {
-            "image": lambda c: clip_encode(img.tokenizer, img.text_encoder.eval(), [c])[0],
-            "video": lambda c: clip_encode(vid.tokenizer, vid.text_encoder.eval(), [c])[0],
-            "audio": lambda c: clap_encode(aud.tokenizer, aud.text_encoder.eval(), [c]),  # (1, D)
+        self.pipes = {
+            "image": StableDiffusionPipeline.from_pretrained(str(w / dirs["image"]), safety_checker=None,
+                                                             requires_safety_checker=False),
+            "video": TextToVideoSDPipeline.from_pretrained(str(w / dirs["video"])),
+            "audio": AudioLDMPipeline.from_pretrained(str(w / dirs["audio"])),
         }
+        for pipe in self.pipes.values():
+            pipe.text_encoder.eval()
         self.cache: dict[tuple[str, str], torch.Tensor] = {}
         self.scale: dict[str, float] = {}
 
@@ -199,7 +197,8 @@ class Targets:
     def __call__(self, modality: str, caption: str) -> torch.Tensor:
         key = (modality, caption)
         if key not in self.cache:
-            self.cache[key] = self.encoders[modality](caption).detach()
+            cond = caption_conditioning(modality, self.pipes[modality], [caption])
+            self.cache[key] = (cond if modality == "audio" else cond[0]).detach()  # audio (1, D), else (77, D)
         return self.cache[key]
 
     def norm(self, modality: str, target: torch.Tensor) -> float:
