@@ -43,6 +43,25 @@ def test_world_is_a_function_of_the_seed_and_hides_its_held_out_pairs():
     assert not seen & world.HELD_OUT_SHAPES
 
 
+def test_the_encoder_hears_every_timbre_at_pitches_no_caption_names():
+    """A third of the encoder's tones lie in bands between and around the named pitches, captioned by
+    timbre alone, so its timbre features cannot lean on the pitches each timbre came with."""
+    from weights.nano import contrastive
+
+    rng = random.Random(0)
+    tones = [world.unnamed_pitch_tone(rng) for _ in range(300)]
+    assert {t.timbre for t in tones} == set(world.TIMBRES)
+    assert all(t.pitch is None and any(lo <= t.freq <= hi for lo, hi in world.UNNAMED_PITCHES) for t in tones)
+    assert not any(lo <= t.freq <= hi for t in tones for lo, hi in world.PITCHES.values())
+    # some buzzy ones keep only the third harmonic below 7.5 kHz, as a high buzzy tone does
+    assert any(t.timbre == "buzzy" and 5 * t.freq >= 7500 for t in tones)
+    for t in tones[:30]:
+        caption, attrs = contrastive.tone_captions(t, rng)
+        assert caption == f"a {t.timbre} tone" and attrs == {t.timbre} == contrastive.attributes(t)
+    named = world.random_tone(rng, world.tone_pairs())
+    assert contrastive.attributes(named) == {named.pitch, named.timbre}
+
+
 def test_only_the_text_pretraining_reads_held_out_phrases():
     """The Vicuna stand-in's text names every combination; no conversation with media does."""
     rng = random.Random(0)
@@ -123,6 +142,8 @@ def test_decoder_stages_can_be_taken_from_an_assembled_model(tmp_path):
     assert all(got[k].dtype == torch.float32 and torch.equal(got[k].half(), src[k]) for k in src)
     assert (tmp_path / "vocoder" / "config.json").is_file()
     assert (tmp_path / config.VIDEO_UNET_DIR / "unet").is_dir()  # what `--stage video_motion --redo` starts from
+    for kind in ("image", "audio"):  # what `--stage image_unet / audio_unet --redo` start from
+        assert (tmp_path / f"{kind}_vae" / "config.json").is_file()
 
 
 def test_the_motion_stage_reads_the_direction_word_wherever_it_falls():
@@ -276,3 +297,40 @@ def test_imagebind_positions_start_at_the_tokens_scale_and_the_stems_learn_slowl
     for tower in ("vision", "audio"):
         pos = seen["model"].modality_preprocessors[tower].pos_embedding_helper.pos_embed
         assert 0.8 < float(pos.detach().std()) < 1.2
+
+
+def test_additive_margins_find_targets_that_compose_from_their_words():
+    from weights.nano.diagnose_projection import additive_margins, captions
+
+    names = [n for _, n in captions("image")]
+    held = [(n["colour"], n["shape"]) in world.HELD_OUT_SHAPES for n in names]
+    g = torch.Generator().manual_seed(0)
+    vectors = {v: torch.randn(4, 8, generator=g) for n in names for v in n.values()}
+    composed = torch.stack([sum(vectors[v] for v in n.values()) for n in names])  # (C, 4, 8)
+    margins = additive_margins(composed, names, held)
+    assert all(m > 1e3 for m, h in zip(margins, held) if h), margins  # predicted exactly
+    k = held.index(True)
+    others = [i for i in range(len(names)) if i != k]
+    nearest = min(others, key=lambda i: float((composed[i] - composed[k]).pow(2).mean()))
+    moved = composed.clone()
+    moved[k] = composed[k] + 2 * (composed[k] - composed[nearest])  # a target far off what its words compose
+    assert additive_margins(moved, names, held)[k] < 0
+
+
+def test_partial_captions_are_positives_for_every_item_with_their_attributes():
+    """The contrast ImageBind's towers and the audio decoder's CLAP text encoder are trained with:
+    "a low tone" is a positive for every low tone, whatever its timbre, never a negative."""
+    from weights.nano import contrastive
+
+    tones = [world.ToneSample("low", "pure", 250.0, 0.3), world.ToneSample("low", "buzzy", 260.0, 0.3),
+             world.ToneSample("high", "buzzy", 2000.0, 0.3), world.ToneSample(None, "buzzy", 1500.0, 0.3)]
+    caps = [("a low pure tone", frozenset({"low", "pure"})), ("a low tone", frozenset({"low"})),
+            ("a buzzy tone", frozenset({"buzzy"})), ("a buzzy tone", frozenset({"buzzy"}))]
+    texts, own, pos = contrastive.caption_sets(tones, caps)
+    assert texts == ["a buzzy tone", "a low pure tone", "a low tone"] and own == [1, 2, 0, 0]
+    assert pos.tolist() == [[False, True, True], [True, False, True], [True, False, False], [True, False, False]]
+    g = torch.Generator().manual_seed(0)
+    text = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
+    matched = contrastive.contrast(text[own], text, own, pos, 10.0)
+    swapped = contrastive.contrast(text[[2, 1, 1, 2]], text, own, pos, 10.0)
+    assert float(matched) < float(swapped)

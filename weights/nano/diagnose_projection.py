@@ -7,7 +7,9 @@ drawings is noise-sized. This measure is deterministic and separates two faults:
 the wrong pair in its answer, and the projection mapping the right answer near another caption.
 For each request: whether the answer names the pair, the rank of the asked caption among all
 captions by MSE (1: nearest), the nearest caption, and the margin (MSE to the nearest other
-caption over MSE to the asked one, minus 1: above 0 means the asked caption is nearest).
+caption over MSE to the asked one, minus 1: above 0 means the asked caption is nearest); and the
+same margin for the target as its attributes would compose it (`additive_margins`), which says how
+far the decoder's own conditionings leave a held-out caption reachable by composition at all.
 
     python -m weights.nano.diagnose_projection [MODEL_DIR]
 """
@@ -32,6 +34,31 @@ class Landing:
     rank: int  # of the asked caption among all captions, by MSE (1: nearest)
     nearest: str
     margin: float  # MSE to the nearest other caption / MSE to the asked one - 1
+    additive_margin: float  # the same margin for the attribute-additive prediction of the target
+
+
+def _margin(mse: torch.Tensor, i: int) -> float:
+    """MSE to the nearest caption other than i, over MSE to caption i, minus 1."""
+    return float(torch.cat([mse[:i], mse[i + 1:]]).min() / mse[i] - 1)
+
+
+def additive_margins(targets: torch.Tensor, names: list[dict[str, str]], held_out: list[bool]) -> list[float]:
+    """How far the decoder's conditionings compose from their words: each caption's conditioning
+    predicted as a sum of one vector per attribute value (least squares over the seen captions),
+    and that prediction's margin among all captions' conditionings. Where a held-out caption's
+    additive prediction lands nearer another caption, a projection that composes colour and shape
+    (or pitch and timbre) as the seen captions do would land it there too."""
+    values = sorted({(k, v) for n in names for k, v in n.items()})
+    design = torch.zeros(len(names), 1 + len(values))
+    design[:, 0] = 1
+    for row, n in enumerate(names):
+        for kv in n.items():
+            design[row, 1 + values.index(kv)] = 1
+    flat = targets.flatten(1)  # (C, Q*D)
+    seen = [k for k, h in enumerate(held_out) if not h]
+    coef = torch.linalg.lstsq(design[seen], flat[seen]).solution
+    predicted = design @ coef
+    return [_margin((flat - predicted[k]).pow(2).mean(1), k) for k in range(len(names))]
 
 
 def captions(modality: str) -> list[tuple[str, dict[str, str]]]:
@@ -43,7 +70,7 @@ def captions(modality: str) -> list[tuple[str, dict[str, str]]]:
 
 @torch.no_grad()
 def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], held_out: bool,
-         texts: list[str], targets: torch.Tensor, seed: int = 0) -> Landing:
+         texts: list[str], targets: torch.Tensor, additive: float, seed: int = 0) -> Landing:
     from models.generate import SamplingParams
     from models.types import Message
 
@@ -55,9 +82,8 @@ def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], h
     mse = (targets - cond).pow(2).flatten(1).mean(1)  # (C,)
     order = mse.argsort().tolist()
     i = texts.index(asked)
-    others = mse[[k for k in range(len(texts)) if k != i]]
     return Landing(modality, asked, held_out, judge_answer(lang.text, names), order.index(i) + 1,
-                   texts[order[0]], float(others.min() / mse[i] - 1))
+                   texts[order[0]], _margin(mse, i), additive)
 
 
 def diagnose(model, seed: int = 0) -> list[Landing]:
@@ -68,14 +94,15 @@ def diagnose(model, seed: int = 0) -> list[Landing]:
         texts = [t for t, _ in pairs]
         with torch.no_grad():  # (C, ...) what the decoder's own text encoder makes of each caption
             targets = caption_conditioning(modality, model.decoders[modality].pipe, texts).float()
+        held = [tuple(n.values()) in (world.HELD_OUT_SHAPES if modality == "image" else world.HELD_OUT_TONES)
+                for _, n in pairs]
+        additive = additive_margins(targets, [n for _, n in pairs], held)
         for k, (text, names) in enumerate(pairs):
             if modality == "image":
                 prompt = world.article(dialogue.DRAW[k % len(dialogue.DRAW)].format(**names))
-                held_out = (names["colour"], names["shape"]) in world.HELD_OUT_SHAPES
             else:
                 prompt = dialogue.PLAY[k % len(dialogue.PLAY)].format(desc=f"{names['pitch']} {names['timbre']}")
-                held_out = (names["pitch"], names["timbre"]) in world.HELD_OUT_TONES
-            landings.append(land(model, modality, prompt, text, names, held_out, texts, targets, seed))
+            landings.append(land(model, modality, prompt, text, names, held[k], texts, targets, additive[k], seed))
     return landings
 
 
@@ -89,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     model = NextGPT.from_pretrained(args.model_dir)
-    print("| asked | held out | answer names it | rank | nearest | margin |\n|---|---|---|---|---|---|")
+    print("| asked | held out | answer names it | rank | nearest | margin | additive target's margin |\n"
+          "|---|---|---|---|---|---|---|")
     for r in diagnose(model, args.seed):
         print(f"| {r.asked} | {'yes' if r.held_out else ''} | {'yes' if r.named else 'NO'} | {r.rank} | "
-              f"{r.nearest} | {r.margin:+.2f} |")
+              f"{r.nearest} | {r.margin:+.2f} | {r.additive_margin:+.2f} |")
     return 0
 
 

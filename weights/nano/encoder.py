@@ -23,9 +23,10 @@ from models.encoder import CONFIG_FILE, KEPT_TOWERS, WEIGHTS_FILE, imagebind_mod
 
 from . import config, world
 from .common import Context, train_loop
+from .contrastive import caption_sets, contrast, tone_captions
 
 STAGE = "imagebind"
-UNNAMED = 0.3  # share of shapes and videos drawn in paints no caption names
+UNNAMED = 0.3  # share of shapes and videos in paints no caption names, and of tones at pitches none names
 REVERSED = 0.5  # share of videos also shown backwards in the same batch (direction's hard negatives)
 # Where a shape is, which way it moves and which frequencies a tone fills are read from the
 # position embeddings. At ImageBind's initial scale (std 0.02) against patch tokens of std ~1, and
@@ -63,23 +64,6 @@ def video_captions(v: world.VideoSample, rng: random.Random) -> tuple[str, froze
     if r < 0.9:
         return world.article(f"a {v.colour} shape moving {v.direction}"), frozenset({v.colour, v.direction})
     return world.article(f"a {v.colour} {v.shape} moving"), frozenset({v.colour, v.shape, "moving"})
-
-
-def tone_captions(t: world.ToneSample, rng: random.Random) -> tuple[str, frozenset]:
-    r = rng.random()
-    if r < 0.7:
-        return f"a {t.pitch} {t.timbre} tone", frozenset({t.pitch, t.timbre})
-    if r < 0.85:
-        return f"a {t.pitch} tone", frozenset({t.pitch})
-    return f"a {t.timbre} tone", frozenset({t.timbre})
-
-
-def attributes(item) -> frozenset:
-    if isinstance(item, world.VideoSample):
-        return frozenset({item.colour, item.shape, item.direction, "moving"})
-    if isinstance(item, world.ShapeSample):
-        return frozenset({item.colour, item.shape})
-    return frozenset({item.pitch, item.timbre})
 
 
 # ----------------------------------------------------------------------------------- inputs, as the server prepares them
@@ -125,22 +109,6 @@ def text_tokenizer():
     return SimpleTokenizer(str(Path(spec.submodule_search_locations[0]) / "bpe" / "bpe_simple_vocab_16e6.txt.gz"))
 
 
-def _contrast(media: torch.Tensor, text: torch.Tensor, own: list[int], pos: torch.Tensor, scale) -> torch.Tensor:
-    """media (n, D), text (U, D) normalised; own[i]: item i's caption; pos (n, U) bool: item has
-    every attribute of the caption. Media->text: CE on its own caption, other positives masked;
-    text->media: every positive item counts."""
-    logits = scale * media @ text.T  # (n, U)
-    own_t = torch.tensor(own)
-    mask = pos.clone()
-    mask[torch.arange(len(own)), own_t] = False
-    m2t = F.cross_entropy(logits.masked_fill(mask, -1e4), own_t)
-    cols = pos.any(0)
-    lt = logits.T[cols]  # (U', n)
-    pt = pos.T[cols]
-    t2m = -(torch.logsumexp(lt.masked_fill(~pt, -1e4), 1) - torch.logsumexp(lt, 1)).mean()
-    return (m2t + t2m) / 2
-
-
 def stage_imagebind(ctx: Context) -> dict:
     ctx.seed_torch(STAGE)
     rng = ctx.rng(STAGE)
@@ -166,27 +134,25 @@ def stage_imagebind(ctx: Context) -> dict:
         videos = [random_video_view(rng, unnamed if rng.random() < UNNAMED else pairs) for _ in range(n)]
         # hard negatives: the same clip played backwards moves the other way, and nothing else differs
         videos += [(reversed_video(v), f[::-1].copy()) for v, f in videos[: int(n * REVERSED)]]
-        sounds = [world.random_tone(rng, tones, seconds=tone_seconds(rng)) for _ in range(n)]
+        sounds = [world.unnamed_pitch_tone(rng, tone_seconds(rng)) if rng.random() < UNNAMED
+                  else world.random_tone(rng, tones, seconds=tone_seconds(rng)) for _ in range(n)]
         items = shapes + [v for v, _ in videos] + sounds
         caps = ([image_captions(s, rng) for s in shapes] + [video_captions(v, rng) for v, _ in videos]
                 + [tone_captions(t, rng) for t in sounds])
-        unique = sorted({c for c in caps}, key=lambda c: c[0])
-        index = {c: k for k, c in enumerate(unique)}
-        own = [index[c] for c in caps]
-        pos = torch.tensor([[c[1] <= attributes(it) for c in unique] for it in items])
+        texts, own, pos = caption_sets(items, caps)
         imgs = torch.stack([preprocess.image_to_tensor(world.encoder_view(s, rng)) for s in shapes])
         imgs = imgs.unsqueeze(2).repeat(1, 1, 2, 1, 1)  # what the vision stem's PadIm2Video does to an image
         vids = torch.stack([video_clip_tensor(f) for _, f in videos])
         auds = torch.stack([preprocess.audio_to_tensor(t.wave()) for t in sounds])
-        text = tok([c[0] for c in unique])
+        text = tok(texts)
         vision = torch.cat([imgs, vids]).unsqueeze(1)  # (B, 1 clip, 3, 2, 224, 224): as a video of one clip
         out = model({"vision": vision, "audio": auds, "text": text})
         media = F.normalize(torch.cat([out["vision"], out["audio"]]), dim=-1)
         txt = F.normalize(out["text"], dim=-1)
         scale = log_scale.exp().clamp(max=100)
         split = len(shapes) + len(videos)
-        loss = (_contrast(media[:split], txt, own[:split], pos[:split], scale)
-                + _contrast(media[split:], txt, own[split:], pos[split:], scale))
+        loss = (contrast(media[:split], txt, own[:split], pos[:split], scale)
+                + contrast(media[split:], txt, own[split:], pos[split:], scale))
         return {"loss": loss, "scale": scale.detach()}
 
     holder = torch.nn.Module()

@@ -73,6 +73,8 @@ def seed_decoders(ctx: Context, model_dir: Path, log: Callable[[str], None] = pr
         pipe.save_pretrained(str(ctx.dir(stage_dir)))
         if kind == "audio":  # the vocoder stage's own directory, which assembly reads
             pipe.vocoder.save_pretrained(str(ctx.dir("vocoder")))
+        if kind in ("image", "audio"):  # the VAE stages' own directories, so that a UNet stage can be re-run on them
+            pipe.vae.save_pretrained(str(ctx.dir(f"{kind}_vae")))
         if kind == "video":  # also as `video_unet`'s output, so that `--stage video_motion --redo` can run on it
             pipe.save_pretrained(str(ctx.dir(config.VIDEO_UNET_DIR)))
     for stage in DECODER_STAGES:

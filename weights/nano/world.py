@@ -34,6 +34,11 @@ SHAPES = ("circle", "square", "triangle")
 # The fraction of its bounding box each shape fills: how the eval tells shapes apart.
 FILL_RATIO = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
 PITCHES = {"low": (200.0, 320.0), "medium": (550.0, 850.0), "high": (1700.0, 2600.0)}  # Hz
+# Pitch bands no caption names (below, between and above the named ones). The encoder hears every
+# timbre in them, captioned by its timbre alone, so that its timbre features cannot lean on the
+# pitches each timbre was heard at (the held-out pitch/timbre pairs depend on that). The top band
+# reaches where a buzzy tone keeps only its third harmonic below 7.5 kHz, as a high buzzy one does.
+UNNAMED_PITCHES = ((120.0, 170.0), (360.0, 480.0), (950.0, 1650.0))  # Hz
 PITCH_EDGES = (420.0, 1300.0)  # spectral-peak thresholds between low | medium | high
 TIMBRES = ("pure", "buzzy", "beeping")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
@@ -172,7 +177,7 @@ def random_video(rng: random.Random, pairs: list[tuple[str, str]], directions=tu
 
 @dataclass(frozen=True)
 class ToneSample:
-    pitch: str
+    pitch: str | None  # None: in a band no caption names (`UNNAMED_PITCHES`)
     timbre: str
     freq: float
     amplitude: float
@@ -182,6 +187,8 @@ class ToneSample:
 
     @property
     def caption(self) -> str:
+        if self.pitch is None:
+            return f"a {self.timbre} tone"
         return f"a {self.pitch} {self.timbre} tone" if self.with_timbre else f"a {self.pitch} tone"
 
     def wave(self) -> np.ndarray:
@@ -208,6 +215,13 @@ def random_tone(rng: random.Random, pairs: list[tuple[str, str]], seconds: float
     freq = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     return ToneSample(pitch, timbre, freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi),
                       with_timbre=rng.random() >= drop_timbre)
+
+
+def unnamed_pitch_tone(rng: random.Random, seconds: float = AUDIO_SECONDS) -> ToneSample:
+    """A tone of any timbre in a pitch band no caption names."""
+    lo, hi = rng.choice(UNNAMED_PITCHES)
+    freq = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    return ToneSample(None, rng.choice(TIMBRES), freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi))
 
 
 def pitch_of(freq: float) -> str:

@@ -1,0 +1,58 @@
+"""Contrastive alignment of media to captions that may name only some attributes, as ImageBind
+aligned its towers to text and CLAP its audio tower to text: an item is a positive for every caption
+whose attributes it has ("a low tone" for every low tone), so a partial caption is never a negative
+for its items. The `imagebind` stage aligns its towers this way, and `audio_unet` its CLAP text
+encoder, through a training-only audio head."""
+from __future__ import annotations
+
+import random
+
+import torch
+import torch.nn.functional as F
+
+from . import world
+
+
+def tone_captions(t: world.ToneSample, rng: random.Random) -> tuple[str, frozenset]:
+    """A tone's caption, naming its pitch and timbre, its pitch alone or its timbre alone."""
+    if t.pitch is None:  # an unnamed pitch: only the timbre is said
+        return t.caption, frozenset({t.timbre})
+    r = rng.random()
+    if r < 0.7:
+        return f"a {t.pitch} {t.timbre} tone", frozenset({t.pitch, t.timbre})
+    if r < 0.85:
+        return f"a {t.pitch} tone", frozenset({t.pitch})
+    return f"a {t.timbre} tone", frozenset({t.timbre})
+
+
+def attributes(item) -> frozenset:
+    if isinstance(item, world.VideoSample):
+        return frozenset({item.colour, item.shape, item.direction, "moving"})
+    if isinstance(item, world.ShapeSample):
+        return frozenset({item.colour, item.shape})
+    return frozenset({item.pitch, item.timbre}) - {None}
+
+
+def caption_sets(items: list, caps: list[tuple[str, frozenset]]) -> tuple[list[str], list[int], torch.Tensor]:
+    """-> the distinct caption texts (U), each item's own caption index, and positives (n, U) bool:
+    the item has every attribute the caption names."""
+    unique = sorted(set(caps), key=lambda c: c[0])
+    index = {c: k for k, c in enumerate(unique)}
+    pos = torch.tensor([[c[1] <= attributes(it) for c in unique] for it in items])
+    return [c[0] for c in unique], [index[c] for c in caps], pos
+
+
+def contrast(media: torch.Tensor, text: torch.Tensor, own: list[int], pos: torch.Tensor, scale) -> torch.Tensor:
+    """media (n, D), text (U, D) normalised; own[i]: item i's caption; pos (n, U) bool: item has
+    every attribute of the caption. Media->text: CE on its own caption, other positives masked;
+    text->media: every positive item counts."""
+    logits = scale * media @ text.T  # (n, U)
+    own_t = torch.tensor(own)
+    mask = pos.clone()
+    mask[torch.arange(len(own)), own_t] = False
+    m2t = F.cross_entropy(logits.masked_fill(mask, -1e4), own_t)
+    cols = pos.any(0)
+    lt = logits.T[cols]  # (U', n)
+    pt = pos.T[cols]
+    t2m = -(torch.logsumexp(lt.masked_fill(~pt, -1e4), 1) - torch.logsumexp(lt, 1)).mean()
+    return (m2t + t2m) / 2
