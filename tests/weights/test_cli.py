@@ -21,7 +21,8 @@ def test_list_shows_presets_sizes_and_computed_memory(tiny_dir, capsys):
     assert main(["weights", "list", "--dir", str(tiny_dir)]) == 0
     out = capsys.readouterr().out
     assert "tiny" in out and "on disk: yes" in out and "computed from parameter counts, not measured" in out
-    line = next(l for l in out.splitlines() if l.strip().startswith("nextgpt-7b-tiva-v0") and "GB" in l)
+    # the memory table's row, not the on-disk row (whose path may hold "GB": /tmp/tmp.stAYpfGBiU)
+    line = next(l for l in out.splitlines() if l.strip().startswith("nextgpt-7b-tiva-v0") and "on disk:" not in l)
     assert "15.2 GB" in line and "22.9 GB" in line  # text alone, everything
 
 
