@@ -44,7 +44,7 @@ def test_world_is_a_function_of_the_seed_and_hides_its_held_out_pairs():
 
 
 def test_the_encoder_hears_every_timbre_at_pitches_no_caption_names():
-    """A third of the encoder's tones lie in bands between and around the named pitches, captioned by
+    """30% of the encoder's tones lie in bands between and around the named pitches, captioned by
     timbre alone, so its timbre features cannot lean on the pitches each timbre came with."""
     from weights.nano import contrastive
 
@@ -318,8 +318,8 @@ def test_additive_margins_find_targets_that_compose_from_their_words():
 
 
 def test_partial_captions_are_positives_for_every_item_with_their_attributes():
-    """The contrast ImageBind's towers and the audio decoder's CLAP text encoder are trained with:
-    "a low tone" is a positive for every low tone, whatever its timbre, never a negative."""
+    """The contrast ImageBind's towers are trained with: "a low tone" is a positive for every low
+    tone, whatever its timbre, never a negative."""
     from weights.nano import contrastive
 
     tones = [world.ToneSample("low", "pure", 250.0, 0.3), world.ToneSample("low", "buzzy", 260.0, 0.3),

@@ -1,8 +1,7 @@
 """Contrastive alignment of media to captions that may name only some attributes, as ImageBind
-aligned its towers to text and CLAP its audio tower to text: an item is a positive for every caption
-whose attributes it has ("a low tone" for every low tone), so a partial caption is never a negative
-for its items. The `imagebind` stage aligns its towers this way, and `audio_unet` its CLAP text
-encoder, through a training-only audio head."""
+aligned its towers to text: an item is a positive for every caption whose attributes it has ("a
+low tone" for every low tone), so a partial caption is never a negative for its items. The
+`imagebind` stage aligns its vision and audio towers this way."""
 from __future__ import annotations
 
 import random
