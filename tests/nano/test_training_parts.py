@@ -334,3 +334,64 @@ def test_partial_captions_are_positives_for_every_item_with_their_attributes():
     matched = contrastive.contrast(text[own], text, own, pos, 10.0)
     swapped = contrastive.contrast(text[[2, 1, 1, 2]], text, own, pos, 10.0)
     assert float(matched) < float(swapped)
+
+
+def test_the_clap_audio_head_embeds_audio_latents_on_the_unit_sphere():
+    from weights.nano.decoders import ClapAudioHead
+
+    torch.manual_seed(0)
+    head = ClapAudioHead()
+    emb = head(torch.randn(5, 4, 32, 16))  # the audio VAE's latents of 64 frames x 32 mel bins
+    assert emb.shape == (5, config.CONDITION_DIM)
+    assert torch.allclose(emb.norm(dim=-1), torch.ones(5), atol=1e-5)
+    assert abs(float(head.log_scale.detach().exp()) - 1 / 0.07) < 1e-3
+
+
+def test_the_audio_unet_step_aligns_the_clap_text_encoder_to_the_audio():
+    """`audio_unet`'s loss terms on fresh modules: finite; `align` trains the CLAP text encoder and
+    the head, never the UNet."""
+    from transformers import AutoTokenizer
+
+    from weights import tiny_decoders
+    from weights.nano import decoders
+
+    tok = AutoTokenizer.from_pretrained(str(train.DEFAULT_OUT / "audio_decoder" / "tokenizer"))
+    torch.manual_seed(0)
+    vae = tiny_decoders.vae(1, config.AUDIO_VAE_BLOCKS).requires_grad_(False)
+    text = tiny_decoders.clap_text(len(tok), config.CONDITION_DIM, **config.CLAP_TEXT).train()
+    unet, head = decoders.audio_unet().train(), decoders.ClapAudioHead()
+    out = decoders.audio_unet_losses(tok, vae, text, unet, head, decoders.noise_schedule(), random.Random(0), 6)
+    assert set(out) == {"loss", "diffusion", "align", "empty_apart"}
+    assert all(bool(torch.isfinite(v)) for v in out.values()), out
+
+    def reach(*tensors):
+        grads = torch.autograd.grad(out["align"], tensors, allow_unused=True, retain_graph=True)
+        return sum(float(g.norm()) for g in grads if g is not None)
+
+    assert reach(*text.parameters()) > 0 and reach(*head.net.parameters()) > 0
+    assert reach(head.log_scale) > 0  # the learnt temperature
+    assert reach(*unet.parameters()) == 0
+
+
+def test_the_audio_unet_stage_saves_a_stock_pipeline_and_checkpoints_its_head(tmp_path):
+    """One step of `audio_unet` on the committed VAE, vocoder and tokenizer: the training-only head
+    is in the stage's saved state (a resumed or extended stage restores it), not in the pipeline."""
+    from diffusers import AudioLDMPipeline
+
+    from models.decoders import load_pipeline
+    from weights.nano import common, decoders
+    from weights.nano.config import Budget
+
+    budget = Budget({**Budget().steps, "audio_unet": 1}, {**Budget().batch, "audio_unet": 2})
+    ctx = common.Context(work=tmp_path, budget=budget, log=lambda line: None)
+    start = load_pipeline("audio", train.DEFAULT_OUT / "audio_decoder", torch.float32)
+    start.vae.save_pretrained(str(ctx.dir("audio_vae")))
+    start.vocoder.save_pretrained(str(ctx.dir("vocoder")))
+    start.tokenizer.save_pretrained(str(ctx.dir("tokenizers") / "clap"))
+    assert decoders.stage_audio_unet(ctx)["steps"] == 1
+    state = torch.load(tmp_path / "audio_unet" / common.FINAL, weights_only=False)
+    assert set(state["modules"]) == {"unet", "text", "head"} and "log_scale" in state["modules"]["head"]
+    assert len(state["ema"]) == 2  # the UNet's and the text encoder's: no average of the head
+    out = AudioLDMPipeline.from_pretrained(str(tmp_path / config.DECODER_STAGE_DIRS["audio"]))
+    assert out.text_encoder.state_dict().keys() == start.text_encoder.state_dict().keys()
+    assert out.unet.state_dict().keys() == start.unet.state_dict().keys()

@@ -2,8 +2,10 @@
 
 The text encoders are trained with their UNets (the conditioning they produce is what the
 output projections later learn to imitate); captions are dropped 10% of the time so that
-classifier-free guidance works. Every pipeline is a stock diffusers class saved with
-`save_pretrained`, so `Decoder.from_pretrained` loads it as it loads the released decoders.
+classifier-free guidance works. The audio decoder's CLAP text encoder is also contrasted with its
+tones' latents through a training-only head (`ClapAudioHead`), as CLAP was trained. Every pipeline
+is a stock diffusers class saved with `save_pretrained`, so `Decoder.from_pretrained` loads it as
+it loads the released decoders.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from transformers import (AutoTokenizer, ClapTextModelWithProjection, CLIPTextMo
 
 from .. import tiny_decoders
 from ..tokenizers_local import clip_tokenizer, llama_tokenizer, roberta_tokenizer
-from . import audio, config, dialogue, world
+from . import audio, config, contrastive, dialogue, world
 from .common import EMA, Context, train_loop
 
 BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # Stable Diffusion's
@@ -58,9 +60,11 @@ def image_batch(rng: random.Random, n: int, pairs=None) -> tuple[torch.Tensor, l
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), [s.caption for s in samples]
 
 
-def tone_batch(rng: random.Random, n: int, drop_timbre: float = 0.0) -> tuple[torch.Tensor, list[str]]:
+def tone_batch(rng: random.Random, n: int,
+               drop_timbre: float = 0.0) -> tuple[torch.Tensor, list[str], list[world.ToneSample]]:
+    """(n, samples) waves of training tones, their captions and the tones themselves."""
     samples = [world.random_tone(rng, world.tone_pairs(), drop_timbre=drop_timbre) for _ in range(n)]
-    return torch.from_numpy(np.stack([s.wave() for s in samples])), [s.caption for s in samples]
+    return torch.from_numpy(np.stack([s.wave() for s in samples])), [s.caption for s in samples], samples
 
 
 def drop_captions(rng: random.Random, captions: list[str]) -> list[str]:
@@ -202,7 +206,7 @@ def stage_vocoder(ctx: Context) -> dict:
     n, frames = ctx.batch(stage), 32
 
     def step(i):
-        waves, _ = tone_batch(rng, n)
+        waves, _, _ = tone_batch(rng, n)
         mels = audio.log_mel(waves)  # (n, 64, mels)
         starts = [rng.randrange(0, mels.shape[1] - frames + 1) for _ in range(n)]
         m = torch.stack([mels[k, s:s + frames] for k, s in enumerate(starts)])
@@ -233,29 +237,68 @@ def audio_unet() -> UNet2DConditionModel:
         class_embeddings_concat=True)
 
 
+class ClapAudioHead(torch.nn.Module):
+    """The audio side of a CLAP-style contrast, for `audio_unet`'s training only (neither kept in
+    an EMA nor saved): the audio VAE's latents (B, C, T, M) -> an L2-normalised (B, CONDITION_DIM)
+    embedding. Its features are each latent channel and mel band's mean and spread over time:
+    which bands hold energy tells the pitch and the harmonics, the spread over time a beeping
+    tone. Contrasted with the CLAP text embedding, it gives the text encoder an audio-grounded
+    target, so that captions sharing an attribute land near each other and codes compose."""
+
+    def __init__(self, channels: int = 4, bands: int = config.N_MELS // 2, dim: int = config.CONDITION_DIM,
+                 hidden: int = 128):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2 * channels * bands, hidden), torch.nn.GELU(),
+                                       torch.nn.Linear(hidden, dim))
+        self.log_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))  # CLIP's start
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        feats = torch.cat([z.mean(2), z.std(2)], dim=1).flatten(1)  # (B, 2C, M) -> (B, 2*C*M)
+        return F.normalize(self.net(feats), dim=-1)
+
+
+def audio_unet_losses(tokenizer, vae, text, unet, head: ClapAudioHead, sched: DDPMScheduler,
+                      rng: random.Random, n: int) -> dict:
+    """One `audio_unet` batch's loss terms (with their graphs): the diffusion loss on world captions
+    (30% naming the pitch alone, 10% dropped for guidance); `align`, the CLAP text embedding
+    contrasted with the head's embedding of the tones' latents, on captions naming both attributes
+    or one (a partial caption is a positive for every tone that has its attributes); `empty_apart`,
+    keeping "" (the unconditional caption of classifier-free guidance) off the named captions
+    (lower: further apart). The UNet's loss alone collapses the pooled CLAP embedding (every
+    caption at cosine 0.999); these two terms replace `spread`, a uniformity term over every
+    distinct caption, which kept them apart but gave each caption its own code, one that did not
+    compose from pitch and timbre (weights/nano/README.md, "Held-out pitches asked for")."""
+    waves, captions, samples = tone_batch(rng, n, drop_timbre=0.3)
+    with torch.no_grad():  # the VAE is frozen: z carries no graph
+        z = vae.encode(audio.log_mel(waves).unsqueeze(1)).latent_dist.sample() * vae.config.scaling_factor
+    cond = clap_encode(tokenizer, text, drop_captions(rng, captions))
+    diffusion = diffusion_loss(unet, z, sched, encoder_hidden_states=None, class_labels=cond)
+    texts, own, pos = contrastive.caption_sets(samples, [contrastive.tone_captions(t, rng) for t in samples])
+    named = clap_encode(tokenizer, text, texts)
+    align = contrastive.contrast(head(z), named, own, pos, head.log_scale.exp())
+    empty = clap_encode(tokenizer, text, [""])
+    empty_apart = (empty - named).pow(2).sum(-1).mul(-2).exp().mean().log()
+    return {"loss": diffusion + 0.1 * align + 0.1 * empty_apart, "diffusion": diffusion, "align": align,
+            "empty_apart": empty_apart}
+
+
 def stage_audio_unet(ctx: Context) -> dict:
     stage = "audio_unet"
     tokenizer = load_tokenizer(ctx, "clap")
     rng, vae, text, unet, sched, emas = _prepare(
         ctx, stage, "audio_vae",
         lambda: tiny_decoders.clap_text(len(tokenizer), config.CONDITION_DIM, **config.CLAP_TEXT), audio_unet)
-    n, sf = ctx.batch(stage), vae.config.scaling_factor
+    head = ClapAudioHead(vae.config.latent_channels, config.N_MELS // 2).train()  # after the UNet: its init unchanged
+    n = ctx.batch(stage)
 
     def step(i):
-        waves, captions = tone_batch(rng, n, drop_timbre=0.3)
-        with torch.no_grad():
-            z = vae.encode(audio.log_mel(waves).unsqueeze(1)).latent_dist.sample() * sf
-        captions = drop_captions(rng, captions)
-        cond = clap_encode(tokenizer, text, captions)
-        diffusion = diffusion_loss(unet, z, sched, encoder_hidden_states=None, class_labels=cond)
-        # CLAP's pooled, projected, L2-normalised embedding collapses (every caption at cosine 0.999)
-        # when only the UNet's loss shapes it; a uniformity term keeps different captions apart
-        unique = clap_encode(tokenizer, text, sorted(set(captions) | {""}))
-        spread = torch.pdist(unique).pow(2).mul(-2).exp().mean().log()
-        return {"loss": diffusion + 0.1 * spread, "diffusion": diffusion.detach(), "spread": spread.detach()}
+        out = audio_unet_losses(tokenizer, vae, text, unet, head, sched, rng, n)
+        return {k: v if k == "loss" else v.detach() for k, v in out.items()}
 
-    info = train_loop(stage, ctx, list(unet.parameters()) + list(text.parameters()), step, lr=5e-4, ema=emas,
-                      modules={"unet": unet, "text": text}, rng=rng)
+    # the head trains and is checkpointed with the rest (a resumed stage restores it), but is not
+    # averaged or saved: the pipeline is a stock AudioLDMPipeline
+    info = train_loop(stage, ctx, [*unet.parameters(), *text.parameters(), *head.parameters()], step, lr=5e-4,
+                      ema=emas, modules={"unet": unet, "text": text, "head": head}, rng=rng)
     vocoder = SpeechT5HifiGan.from_pretrained(str(ctx.work / "vocoder")).eval()
     pipe = AudioLDMPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
                             unet=emas[0].copy_to().eval(), scheduler=sampler(), vocoder=vocoder)
