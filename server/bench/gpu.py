@@ -28,6 +28,7 @@ from models.acceleration import accelerate_pipeline, for_modality, uncompiled
 
 from . import gpu_arch as arch
 from . import gpu_llm as llm
+from .gpu_breakdown import breakdown_table, timed_parts
 from .gpu_report import Report, Row, kernel_profile
 
 SIGNAL_IMG = [32002, 32003, 32004, 32005]  # [IMG0..3] in the release's vocabulary
@@ -57,13 +58,14 @@ class BenchPlan:
     compile_video: bool = False  # Zeroscope's UNet3D: the slowest compile (--compile-video; +1-2 min)
     bandwidth_tbs: float | None = None  # overrides the datasheet figure looked up by device name
     profile: bool = False  # one more call of each compiled row under torch.profiler (--profile)
+    profile_steps: int = 5  # diffusion steps of a profiled call: the per-step parts repeat, the trace stays small
 
 
 QUICK = dict(repeats=2, stock_repeats=1, new_tokens=64)
 TINY_CPU = dict(device="cpu", dtype=torch.float32, tiny=True, repeats=1, stock_repeats=1, prompt_tokens=8,
                 new_tokens=8, turn_tokens=4, steps=2, warmup_steps=1, image_size=32, video_frames=2,
                 video_height=32, video_width=32, audio_seconds=1.0, compile_backend="eager", compile_unets=False,
-                compile_video=False)
+                compile_video=False, profile_steps=2)
 
 
 def sync(plan: BenchPlan) -> None:
@@ -85,10 +87,31 @@ def measure(plan: BenchPlan, fn, repeats: int) -> float:
 
 def profile_row(plan: BenchPlan, report: Report, name: str, fn) -> None:
     """With --profile: where one more call of `fn` spends device time, printed and kept in the JSON."""
-    if plan.profile:
+    if not plan.profile:
+        return
+    try:
         table = kernel_profile(fn, plan.device.startswith("cuda"))
-        report.info.setdefault("profiles", {})[name] = table
-        print(f"profile of {name}:\n{table}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - a failed profile must not cost the row it explains
+        traceback.print_exc()
+        table = f"profile failed: {type(exc).__name__}: {exc}"[:500]
+    report.info.setdefault("profiles", {})[name] = table
+    print(f"profile of {name}:\n{table}", flush=True)
+
+
+def breakdown_row(plan: BenchPlan, report: Report, name: str, pipe, call) -> None:
+    """With --profile: the eager pipeline's device time by part (gpu_breakdown), for `call` of
+    `plan.profile_steps` steps, printed and kept in the JSON."""
+    if not plan.profile:
+        return
+    try:
+        with timed_parts(pipe, plan.device.startswith("cuda")) as parts:
+            seconds = measure(plan, call, 1)
+        table = breakdown_table(parts, seconds, plan.profile_steps)
+    except Exception as exc:  # noqa: BLE001 - a failed breakdown must not cost the rows after it
+        traceback.print_exc()
+        table = f"breakdown failed: {type(exc).__name__}: {exc}"[:500]
+    report.info.setdefault("breakdowns", {})[name] = table
+    print(f"breakdown of {name}, eager, {plan.profile_steps} steps:\n{table}", flush=True)
 
 
 def peak_gib(plan: BenchPlan) -> float | None:
@@ -162,6 +185,18 @@ def llm_section(plan: BenchPlan, report: Report) -> LlmState:
     report.add(Row("llm: project generate()", t_proj, stock_s=t_hf, tok_s=n / t_proj, pct_bw=pct(n / t_proj),
                    note="models/generate.py: DynamicCache, eager, a host sync per token"))
     max_len = plan.prompt_tokens + max(n, plan.turn_tokens + len(SIGNAL_IMG)) + 8
+    dec = static_row(plan, report, model, ids, max_len, t_hf, pct, "llm: static cache + compiled step (ours)")
+    report.rows[-1].peak_gib = peak_gib(plan)
+    report.rows[-1].weights_gib = llm.bytes_read_per_token(model) / 2**30
+    served_row(plan, report, model, ids, max_len, t_hf, pct)
+    return LlmState(model, dec, ids, t_hf / n)
+
+
+def static_row(plan: BenchPlan, report: Report, model, ids, max_len: int, t_hf: float, pct,
+               name: str) -> llm.StaticDecoder:
+    """Our decode: a static cache and the compiled step (greedy, tokens kept on the GPU), then the
+    same streamed (a host sync per token)."""
+    n = plan.new_tokens
     how = f"compiled ({plan.compile_backend})" if plan.compile_backend else "eager"
     try:
         dec = llm.StaticDecoder(model, max_len, plan.compile_backend, plan.compile_mode)
@@ -176,20 +211,16 @@ def llm_section(plan: BenchPlan, report: Report) -> LlmState:
         llm.static_generate(dec, ids, 8)
     t_static = measure(plan, lambda: llm.static_generate(dec, ids, n), plan.repeats)
     t_prefill = measure(plan, lambda: dec.prefill(ids), plan.repeats)
-    profile_row(plan, report, "llm: static cache + compiled step", lambda: llm.static_generate(dec, ids, n))
+    profile_row(plan, report, name, lambda: llm.static_generate(dec, ids, n))
     decode_tok_s = (n - 1) / max(t_static - t_prefill, 1e-9)
     pct_static = pct(decode_tok_s)
-    report.add(Row("llm: static cache + compiled step (ours)", t_static, stock_s=t_hf, tok_s=decode_tok_s,
-                   pct_bw=pct_static, target=">= 75% of bandwidth limit",
-                   met=None if pct_static is None else pct_static >= 75,
+    report.add(Row(name, t_static, stock_s=t_hf, tok_s=decode_tok_s, pct_bw=pct_static,
+                   target=">= 75% of bandwidth limit", met=None if pct_static is None else pct_static >= 75,
                    note=f"{how}; decode-only tok/s (prefill {t_prefill * 1e3:.1f} ms)"))
     t_stream = measure(plan, lambda: llm.static_generate(dec, ids, n, stream=True), plan.repeats)
-    report.add(Row("llm: ours, streamed (host sync per token)", t_stream, stock_s=t_hf, tok_s=n / t_stream,
-                   pct_bw=pct(n / t_stream), note="what a server streaming text pays"))
-    report.rows[-1].peak_gib = peak_gib(plan)
-    report.rows[-1].weights_gib = llm.bytes_read_per_token(model) / 2**30
-    served_row(plan, report, model, ids, max_len, t_hf, pct)
-    return LlmState(model, dec, ids, t_hf / n)
+    report.add(Row(name.replace(" (ours)", ", streamed (host sync per token)"), t_stream, stock_s=t_hf,
+                   tok_s=n / t_stream, pct_bw=pct(n / t_stream), note="what a server streaming text pays"))
+    return dec
 
 
 def served_row(plan: BenchPlan, report: Report, model, ids, max_len: int, t_hf: float, pct) -> None:
@@ -268,6 +299,7 @@ def decoder_rows(plan: BenchPlan, report: Report, modality: str, pipe, compile_u
         t_stock = measure(plan, lambda: stock(plan.steps), plan.stock_repeats)
         report.add(Row(f"{name} (stock)", t_stock, note=f"{plan.steps} steps, CFG, fp16 SDPA, eager",
                        peak_gib=peak_gib(plan), weights_gib=weights / 2**30, work_gib=work_gib(plan, mark)))
+        breakdown_row(plan, report, f"{name} (stock)", pipe, lambda: stock(plan.profile_steps))
         how = f"compiled UNet ({plan.compile_backend}), " if compile_unet and plan.compile_backend else ""
         try:
             speed_up(pipe, plan, modality, compile_unet)
@@ -286,7 +318,8 @@ def decoder_rows(plan: BenchPlan, report: Report, modality: str, pipe, compile_u
             pipe(**call_kwargs(plan, modality, cond, neg, plan.steps))
 
         t_ours = measure(plan, ours, plan.repeats)
-        profile_row(plan, report, f"{name} (ours)", ours)
+        profile_row(plan, report, f"{name} (ours)",
+                    lambda: pipe(**call_kwargs(plan, modality, cond, neg, plan.profile_steps)))
     report.add(Row(f"{name} (ours)", t_ours, stock_s=t_stock, target=f"< {target_s} s" if target_s else "",
                    met=None if target_s is None or plan.tiny else t_ours < target_s,
                    note=how + "channels_last" + (" (VAE only: 5-D Conv3d weights)" if modality == "video" else "")

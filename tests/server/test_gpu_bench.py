@@ -23,6 +23,13 @@ def test_the_gpu_bench_runs_every_llm_and_video_row_at_toy_size(tmp_path, capsys
     assert "VAE only" in rows["video: Zeroscope 24x320x576 (ours)"]["note"]  # no NHWC claim for Conv3d
     # --profile: one table per profiled row, naming real ops
     profiles = report["profiles"]
-    assert set(profiles) == {"llm: static cache + compiled step", "video: Zeroscope 24x320x576 (ours)"}
+    assert set(profiles) == {"llm: static cache + compiled step (ours)", "video: Zeroscope 24x320x576 (ours)"}
     assert all("Self CPU" in table and "aten::" in table for table in profiles.values())
     assert "profile of video: Zeroscope" in capsys.readouterr().out
+    # and the eager stock call's device time by part of the model
+    table = report["breakdowns"]["video: Zeroscope 24x320x576 (stock)"]
+    parts = {line[:40].strip(): line.split() for line in table.splitlines()[1:]}
+    assert {"whole pipeline call", "UNet, whole", "temporal conv layers", "their Conv3d", "VAE decoder",
+            "text encoder"} <= parts.keys()
+    assert parts["UNet, whole"][-4] == "2"  # calls: 2 steps, the guidance's two halves in one batch
+    assert parts["their Conv3d"][-4] == str(2 * 4 * 8)  # 4 in each of the toy UNet3D's 8 temporal conv layers
