@@ -336,20 +336,21 @@ def test_partial_captions_are_positives_for_every_item_with_their_attributes():
     assert float(matched) < float(swapped)
 
 
-def test_the_clap_audio_head_embeds_audio_latents_on_the_unit_sphere():
-    from weights.nano.decoders import ClapAudioHead
+def test_the_attribute_code_makes_a_captions_target_the_sum_of_its_attributes():
+    from weights.nano.decoders import ATTRIBUTE_CODE, code_target
 
-    torch.manual_seed(0)
-    head = ClapAudioHead()
-    emb = head(torch.randn(5, 4, 32, 16))  # the audio VAE's latents of 64 frames x 32 mel bins
-    assert emb.shape == (5, config.CONDITION_DIM)
-    assert torch.allclose(emb.norm(dim=-1), torch.ones(5), atol=1e-5)
-    assert abs(float(head.log_scale.detach().exp()) - 1 / 0.07) < 1e-3
+    basis = torch.stack(list(ATTRIBUTE_CODE.values()))  # (6, D): low, medium, high, pure, buzzy, beeping
+    assert basis.shape == (6, config.CONDITION_DIM)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(6), atol=1e-5, rtol=0)  # orthonormal
+    both, low, beeping = code_target({"low", "beeping"}), code_target({"low"}), code_target({"beeping"})
+    torch.testing.assert_close(both, (low + beeping) / 2 ** 0.5)
+    assert abs(float(both @ code_target({"low", "buzzy"})) - 0.5) < 1e-5  # one attribute shared
+    assert abs(float(both @ code_target({"high", "pure"}))) < 1e-5  # none shared
 
 
-def test_the_audio_unet_step_aligns_the_clap_text_encoder_to_the_audio():
-    """`audio_unet`'s loss terms on fresh modules: finite; `align` trains the CLAP text encoder and
-    the head, never the UNet."""
+def test_the_audio_unet_step_holds_the_clap_text_encoder_to_the_attribute_code():
+    """`audio_unet`'s loss terms on fresh modules: finite; `code` trains the CLAP text encoder,
+    never the UNet."""
     from transformers import AutoTokenizer
 
     from weights import tiny_decoders
@@ -359,23 +360,22 @@ def test_the_audio_unet_step_aligns_the_clap_text_encoder_to_the_audio():
     torch.manual_seed(0)
     vae = tiny_decoders.vae(1, config.AUDIO_VAE_BLOCKS).requires_grad_(False)
     text = tiny_decoders.clap_text(len(tok), config.CONDITION_DIM, **config.CLAP_TEXT).train()
-    unet, head = decoders.audio_unet().train(), decoders.ClapAudioHead()
-    out = decoders.audio_unet_losses(tok, vae, text, unet, head, decoders.noise_schedule(), random.Random(0), 6)
-    assert set(out) == {"loss", "diffusion", "align", "empty_apart"}
+    unet = decoders.audio_unet().train()
+    out = decoders.audio_unet_losses(tok, vae, text, unet, decoders.noise_schedule(), random.Random(0), 6)
+    assert set(out) == {"loss", "diffusion", "code", "empty_apart"}
     assert all(bool(torch.isfinite(v)) for v in out.values()), out
 
     def reach(*tensors):
-        grads = torch.autograd.grad(out["align"], tensors, allow_unused=True, retain_graph=True)
+        grads = torch.autograd.grad(out["code"], tensors, allow_unused=True, retain_graph=True)
         return sum(float(g.norm()) for g in grads if g is not None)
 
-    assert reach(*text.parameters()) > 0 and reach(*head.net.parameters()) > 0
-    assert reach(head.log_scale) > 0  # the learnt temperature
+    assert reach(*text.parameters()) > 0
     assert reach(*unet.parameters()) == 0
 
 
-def test_the_audio_unet_stage_saves_a_stock_pipeline_and_checkpoints_its_head(tmp_path):
-    """One step of `audio_unet` on the committed VAE, vocoder and tokenizer: the training-only head
-    is in the stage's saved state (a resumed or extended stage restores it), not in the pipeline."""
+def test_the_audio_unet_stage_saves_a_stock_pipeline(tmp_path):
+    """One step of `audio_unet` on the committed VAE, vocoder and tokenizer: a stock AudioLDMPipeline
+    with the shipped decoder's modules."""
     from diffusers import AudioLDMPipeline
 
     from models.decoders import load_pipeline
@@ -390,8 +390,7 @@ def test_the_audio_unet_stage_saves_a_stock_pipeline_and_checkpoints_its_head(tm
     start.tokenizer.save_pretrained(str(ctx.dir("tokenizers") / "clap"))
     assert decoders.stage_audio_unet(ctx)["steps"] == 1
     state = torch.load(tmp_path / "audio_unet" / common.FINAL, weights_only=False)
-    assert set(state["modules"]) == {"unet", "text", "head"} and "log_scale" in state["modules"]["head"]
-    assert len(state["ema"]) == 2  # the UNet's and the text encoder's: no average of the head
+    assert set(state["modules"]) == {"unet", "text"} and len(state["ema"]) == 2
     out = AudioLDMPipeline.from_pretrained(str(tmp_path / config.DECODER_STAGE_DIRS["audio"]))
     assert out.text_encoder.state_dict().keys() == start.text_encoder.state_dict().keys()
     assert out.unet.state_dict().keys() == start.unet.state_dict().keys()

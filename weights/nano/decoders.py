@@ -2,10 +2,10 @@
 
 The text encoders are trained with their UNets (the conditioning they produce is what the
 output projections later learn to imitate); captions are dropped 10% of the time so that
-classifier-free guidance works. The audio decoder's CLAP text encoder is also contrasted with its
-tones' latents through a training-only head (`ClapAudioHead`), as CLAP was trained. Every pipeline
-is a stock diffusers class saved with `save_pretrained`, so `Decoder.from_pretrained` loads it as
-it loads the released decoders.
+classifier-free guidance works. The audio decoder's CLAP text encoder is also held to a fixed
+attribute code (`code_target`), so that the conditioning of a caption is the sum of its pitch's
+and its timbre's. Every pipeline is a stock diffusers class saved with `save_pretrained`, so
+`Decoder.from_pretrained` loads it as it loads the released decoders.
 """
 from __future__ import annotations
 
@@ -237,48 +237,53 @@ def audio_unet() -> UNet2DConditionModel:
         class_embeddings_concat=True)
 
 
-class ClapAudioHead(torch.nn.Module):
-    """The audio side of a CLAP-style contrast, for `audio_unet`'s training only (neither kept in
-    an EMA nor saved): the audio VAE's latents (B, C, T, M) -> an L2-normalised (B, CONDITION_DIM)
-    embedding. Its features are each latent channel and mel band's mean and spread over time:
-    which bands hold energy tells the pitch and the harmonics, the spread over time a beeping
-    tone. Contrasted with the CLAP text embedding, it gives the text encoder an audio-grounded
-    target, so that captions sharing an attribute land near each other and codes compose."""
-
-    def __init__(self, channels: int = 4, bands: int = config.N_MELS // 2, dim: int = config.CONDITION_DIM,
-                 hidden: int = 128):
-        super().__init__()
-        self.net = torch.nn.Sequential(torch.nn.Linear(2 * channels * bands, hidden), torch.nn.GELU(),
-                                       torch.nn.Linear(hidden, dim))
-        self.log_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / 0.07))))  # CLIP's start
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        feats = torch.cat([z.mean(2), z.std(2)], dim=1).flatten(1)  # (B, 2C, M) -> (B, 2*C*M)
-        return F.normalize(self.net(feats), dim=-1)
+# A fixed direction per attribute, the same in every run: a design choice of the conditioning
+# space, not a trained value, so it does not follow the training seed.
+ATTRIBUTE_CODE_SEED = 1234
 
 
-def audio_unet_losses(tokenizer, vae, text, unet, head: ClapAudioHead, sched: DDPMScheduler,
-                      rng: random.Random, n: int) -> dict:
+def attribute_code(dim: int = config.CONDITION_DIM) -> dict[str, torch.Tensor]:
+    """One orthonormal (dim,) direction per pitch and per timbre name."""
+    names = [*world.PITCHES, *world.TIMBRES]
+    basis, _ = torch.linalg.qr(torch.randn(dim, len(names), generator=torch.Generator().manual_seed(ATTRIBUTE_CODE_SEED)))
+    return {name: basis[:, k] for k, name in enumerate(names)}
+
+
+ATTRIBUTE_CODE = attribute_code()
+
+
+def code_target(attributes) -> torch.Tensor:
+    """Where the CLAP text encoder puts a caption naming `attributes`: the normalised sum of their
+    directions (D,). "a low beeping tone" sits between every low and every beeping caption, as
+    a caption naming two attributes should, whether or not it was ever trained on."""
+    return F.normalize(sum(ATTRIBUTE_CODE[a] for a in sorted(attributes)), dim=-1)
+
+
+def audio_unet_losses(tokenizer, vae, text, unet, sched: DDPMScheduler, rng: random.Random, n: int) -> dict:
     """One `audio_unet` batch's loss terms (with their graphs): the diffusion loss on world captions
-    (30% naming the pitch alone, 10% dropped for guidance); `align`, the CLAP text embedding
-    contrasted with the head's embedding of the tones' latents, on captions naming both attributes
-    or one (a partial caption is a positive for every tone that has its attributes); `empty_apart`,
-    keeping "" (the unconditional caption of classifier-free guidance) off the named captions
-    (lower: further apart). The UNet's loss alone collapses the pooled CLAP embedding (every
-    caption at cosine 0.999); these two terms replace `spread`, a uniformity term over every
-    distinct caption, which kept them apart but gave each caption its own code, one that did not
-    compose from pitch and timbre (weights/nano/README.md, "Held-out pitches asked for")."""
+    (30% naming the pitch alone, 10% dropped for guidance); `code`, the CLAP text embedding's
+    squared distance to `code_target` of its caption's attributes, on captions naming pitch and
+    timbre, or one of them; `empty_apart`, keeping "" (the unconditional caption of guidance)
+    off the named captions (lower: further apart).
+
+    The UNet's loss alone collapses the pooled CLAP embedding (every caption at cosine 0.999).
+    A term that spread every caption apart kept them distinct but gave each its own code, so a
+    held-out caption's conditioning was no composition of its attributes' and the output
+    projection could not land it; contrasting the text with the audio as CLAP does composed
+    hardly better (weights/nano/README.md, "Held-out pitches asked for"). With the code, the
+    conditioning of every caption is its attributes' sum by construction."""
     waves, captions, samples = tone_batch(rng, n, drop_timbre=0.3)
     with torch.no_grad():  # the VAE is frozen: z carries no graph
         z = vae.encode(audio.log_mel(waves).unsqueeze(1)).latent_dist.sample() * vae.config.scaling_factor
     cond = clap_encode(tokenizer, text, drop_captions(rng, captions))
     diffusion = diffusion_loss(unet, z, sched, encoder_hidden_states=None, class_labels=cond)
-    texts, own, pos = contrastive.caption_sets(samples, [contrastive.tone_captions(t, rng) for t in samples])
-    named = clap_encode(tokenizer, text, texts)
-    align = contrastive.contrast(head(z), named, own, pos, head.log_scale.exp())
+    caps = sorted({contrastive.tone_captions(t, rng) for t in samples}, key=lambda c: c[0])
+    named = clap_encode(tokenizer, text, [caption for caption, _ in caps])  # (U, D)
+    targets = torch.stack([code_target(attributes) for _, attributes in caps])  # (U, D)
+    code = (named - targets).pow(2).sum(-1).mean()
     empty = clap_encode(tokenizer, text, [""])
     empty_apart = (empty - named).pow(2).sum(-1).mul(-2).exp().mean().log()
-    return {"loss": diffusion + 0.1 * align + 0.1 * empty_apart, "diffusion": diffusion, "align": align,
+    return {"loss": diffusion + code + 0.1 * empty_apart, "diffusion": diffusion, "code": code,
             "empty_apart": empty_apart}
 
 
@@ -288,17 +293,14 @@ def stage_audio_unet(ctx: Context) -> dict:
     rng, vae, text, unet, sched, emas = _prepare(
         ctx, stage, "audio_vae",
         lambda: tiny_decoders.clap_text(len(tokenizer), config.CONDITION_DIM, **config.CLAP_TEXT), audio_unet)
-    head = ClapAudioHead(vae.config.latent_channels, config.N_MELS // 2).train()  # after the UNet: its init unchanged
     n = ctx.batch(stage)
 
     def step(i):
-        out = audio_unet_losses(tokenizer, vae, text, unet, head, sched, rng, n)
+        out = audio_unet_losses(tokenizer, vae, text, unet, sched, rng, n)
         return {k: v if k == "loss" else v.detach() for k, v in out.items()}
 
-    # the head trains and is checkpointed with the rest (a resumed stage restores it), but is not
-    # averaged or saved: the pipeline is a stock AudioLDMPipeline
-    info = train_loop(stage, ctx, [*unet.parameters(), *text.parameters(), *head.parameters()], step, lr=5e-4,
-                      ema=emas, modules={"unet": unet, "text": text, "head": head}, rng=rng)
+    info = train_loop(stage, ctx, [*unet.parameters(), *text.parameters()], step, lr=5e-4, ema=emas,
+                      modules={"unet": unet, "text": text}, rng=rng)
     vocoder = SpeechT5HifiGan.from_pretrained(str(ctx.work / "vocoder")).eval()
     pipe = AudioLDMPipeline(vae=vae, text_encoder=emas[1].copy_to().eval(), tokenizer=tokenizer,
                             unet=emas[0].copy_to().eval(), scheduler=sampler(), vocoder=vocoder)
