@@ -14,8 +14,8 @@ from contextlib import contextmanager
 
 import torch
 
-# (what the row says, the model it is looked up in, the class name)
-# (None: the component itself)
+# (row label, the pipeline component it is looked up in, the class names of the modules timed;
+# None: the component itself)
 PARTS = (("UNet, whole", "unet", ("UNet3DConditionModel", "UNet2DConditionModel")),
          ("temporal conv layers", "unet", ("TemporalConvLayer",)), ("  their Conv3d", "unet", ("Conv3d",)),
          ("temporal transformers", "unet", ("TransformerTemporalModel",)),
