@@ -85,33 +85,36 @@ def measure(plan: BenchPlan, fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def profile_row(plan: BenchPlan, report: Report, name: str, fn) -> None:
-    """With --profile: where one more call of `fn` spends device time, printed and kept in the JSON."""
+def keep_table(plan: BenchPlan, report: Report, kind: str, name: str, heading: str, make_table) -> None:
+    """With --profile: `make_table()`'s text printed under `heading` and kept in the JSON under
+    `kind` ("profiles", "breakdowns"); a failure is kept in its place, and never costs the row
+    it was to explain nor the rows after it."""
     if not plan.profile:
         return
     try:
-        table = kernel_profile(fn, plan.device.startswith("cuda"))
-    except Exception as exc:  # noqa: BLE001 - a failed profile must not cost the row it explains
+        table = make_table()
+    except Exception as exc:  # noqa: BLE001 - one lent GPU run must report whatever it can
         traceback.print_exc()
-        table = f"profile failed: {type(exc).__name__}: {exc}"[:500]
-    report.info.setdefault("profiles", {})[name] = table
-    print(f"profile of {name}:\n{table}", flush=True)
+        table = f"{kind[:-1]} failed: {type(exc).__name__}: {exc}"[:500]
+    report.info.setdefault(kind, {})[name] = table
+    print(f"{heading}:\n{table}", flush=True)
+
+
+def profile_row(plan: BenchPlan, report: Report, name: str, fn) -> None:
+    """With --profile: where one more call of `fn` spends device time, by kernel."""
+    keep_table(plan, report, "profiles", name, f"profile of {name}",
+               lambda: kernel_profile(fn, plan.device.startswith("cuda")))
 
 
 def breakdown_row(plan: BenchPlan, report: Report, name: str, pipe, call) -> None:
     """With --profile: the eager pipeline's device time by part (gpu_breakdown), for `call` of
-    `plan.profile_steps` steps, printed and kept in the JSON."""
-    if not plan.profile:
-        return
-    try:
+    `plan.profile_steps` steps."""
+    def table() -> str:
         with timed_parts(pipe, plan.device.startswith("cuda")) as parts:
             seconds = measure(plan, call, 1)
-        table = breakdown_table(parts, seconds, plan.profile_steps)
-    except Exception as exc:  # noqa: BLE001 - a failed breakdown must not cost the rows after it
-        traceback.print_exc()
-        table = f"breakdown failed: {type(exc).__name__}: {exc}"[:500]
-    report.info.setdefault("breakdowns", {})[name] = table
-    print(f"breakdown of {name}, eager, {plan.profile_steps} steps:\n{table}", flush=True)
+        return breakdown_table(parts, seconds, plan.profile_steps)
+
+    keep_table(plan, report, "breakdowns", name, f"breakdown of {name}, eager, {plan.profile_steps} steps", table)
 
 
 def peak_gib(plan: BenchPlan) -> float | None:

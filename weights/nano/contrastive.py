@@ -1,7 +1,8 @@
 """Contrastive alignment of media to captions that may name only some attributes, as ImageBind
 aligned its towers to text: an item is a positive for every caption whose attributes it has ("a
 low tone" for every low tone), so a partial caption is never a negative for its items. The
-`imagebind` stage aligns its vision and audio towers this way."""
+`imagebind` stage aligns its vision and audio towers this way; `audio_unet` takes its tone
+captions (`tone_captions`) for the CLAP attribute code."""
 from __future__ import annotations
 
 import random

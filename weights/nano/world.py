@@ -208,19 +208,23 @@ class ToneSample:
         return (self.amplitude * w * fade).astype(np.float32)
 
 
+def frequency_in(rng: random.Random, band: tuple[float, float]) -> float:
+    """A frequency drawn uniformly on a log scale (as pitch is heard) within (lo, hi) Hz."""
+    lo, hi = band
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
 def random_tone(rng: random.Random, pairs: list[tuple[str, str]], seconds: float = AUDIO_SECONDS,
                 drop_timbre: float = 0.0) -> ToneSample:
     pitch, timbre = rng.choice(pairs)
-    lo, hi = PITCHES[pitch]
-    freq = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    freq = frequency_in(rng, PITCHES[pitch])
     return ToneSample(pitch, timbre, freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi),
                       with_timbre=rng.random() >= drop_timbre)
 
 
 def unnamed_pitch_tone(rng: random.Random, seconds: float = AUDIO_SECONDS) -> ToneSample:
     """A tone of any timbre in a pitch band no caption names."""
-    lo, hi = rng.choice(UNNAMED_PITCHES)
-    freq = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+    freq = frequency_in(rng, rng.choice(UNNAMED_PITCHES))
     return ToneSample(None, rng.choice(TIMBRES), freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi))
 
 
