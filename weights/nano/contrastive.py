@@ -33,10 +33,16 @@ def attributes(item) -> frozenset:
     return frozenset({item.pitch, item.timbre}) - {None}
 
 
+def distinct_captions(caps: list[tuple[str, frozenset]]) -> list[tuple[str, frozenset]]:
+    """The distinct (caption, attributes) pairs of a batch, in caption order (a fixed order
+    whatever the hash seed, so that a stage re-run sums its terms in the same order)."""
+    return sorted(set(caps), key=lambda c: c[0])
+
+
 def caption_sets(items: list, caps: list[tuple[str, frozenset]]) -> tuple[list[str], list[int], torch.Tensor]:
     """-> the distinct caption texts (U), each item's own caption index, and positives (n, U) bool:
     the item has every attribute the caption names."""
-    unique = sorted(set(caps), key=lambda c: c[0])
+    unique = distinct_captions(caps)
     index = {c: k for k, c in enumerate(unique)}
     pos = torch.tensor([[c[1] <= attributes(it) for c in unique] for it in items])
     return [c[0] for c in unique], [index[c] for c in caps], pos

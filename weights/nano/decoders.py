@@ -277,7 +277,7 @@ def audio_unet_losses(tokenizer, vae, text, unet, sched: DDPMScheduler, rng: ran
         z = vae.encode(audio.log_mel(waves).unsqueeze(1)).latent_dist.sample() * vae.config.scaling_factor
     cond = clap_encode(tokenizer, text, drop_captions(rng, captions))
     diffusion = diffusion_loss(unet, z, sched, encoder_hidden_states=None, class_labels=cond)
-    caps = sorted({contrastive.tone_captions(t, rng) for t in samples}, key=lambda c: c[0])
+    caps = contrastive.distinct_captions([contrastive.tone_captions(t, rng) for t in samples])
     named = clap_encode(tokenizer, text, [caption for caption, _ in caps])  # (U, D)
     targets = torch.stack([code_target(attributes) for _, attributes in caps])  # (U, D)
     code = (named - targets).pow(2).sum(-1).mean()
