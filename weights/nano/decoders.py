@@ -26,6 +26,10 @@ from .common import EMA, Context, train_loop
 
 BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # Stable Diffusion's
 CAPTION_DROP = 0.1
+# The share of the audio decoders' tones at pitches no caption names (world.UNNAMED_PITCHES),
+# captioned by timbre alone, as the encoder hears them: the UNet then learns "buzzy" and "beeping"
+# apart from the pitches they come with in training, which held-out pitch/timbre pairs ask for.
+UNNAMED_TONES = 0.25
 
 
 def noise_schedule() -> DDPMScheduler:
@@ -60,10 +64,12 @@ def image_batch(rng: random.Random, n: int, pairs=None) -> tuple[torch.Tensor, l
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), [s.caption for s in samples]
 
 
-def tone_batch(rng: random.Random, n: int,
-               drop_timbre: float = 0.0) -> tuple[torch.Tensor, list[str], list[world.ToneSample]]:
-    """(n, samples) waves of training tones, their captions and the tones themselves."""
-    samples = [world.random_tone(rng, world.tone_pairs(), drop_timbre=drop_timbre) for _ in range(n)]
+def tone_batch(rng: random.Random, n: int, drop_timbre: float = 0.0,
+               unnamed: float = UNNAMED_TONES) -> tuple[torch.Tensor, list[str], list[world.ToneSample]]:
+    """(n, samples) waves of training tones, their captions and the tones themselves; a share
+    `unnamed` of them at pitches no caption names, captioned by their timbre alone."""
+    samples = [world.unnamed_pitch_tone(rng) if rng.random() < unnamed
+               else world.random_tone(rng, world.tone_pairs(), drop_timbre=drop_timbre) for _ in range(n)]
     return torch.from_numpy(np.stack([s.wave() for s in samples])), [s.caption for s in samples], samples
 
 

@@ -36,11 +36,16 @@ FILL_RATIO = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
 PITCHES = {"low": (200.0, 320.0), "medium": (550.0, 850.0), "high": (1700.0, 2600.0)}  # Hz
 # Pitch bands no caption names (below, between and above the named ones). The encoder hears every
 # timbre in them, captioned by its timbre alone, so that its timbre features cannot lean on the
-# pitches each timbre was heard at (the held-out pitch/timbre pairs depend on that). The top band
-# reaches where a buzzy tone keeps only its third harmonic below 7.5 kHz, as a high buzzy one does.
+# pitches each timbre was heard at (the held-out pitch/timbre pairs depend on that).
 UNNAMED_PITCHES = ((120.0, 170.0), (360.0, 480.0), (950.0, 1650.0))  # Hz
 PITCH_EDGES = (420.0, 1300.0)  # spectral-peak thresholds between low | medium | high
 TIMBRES = ("pure", "buzzy", "beeping")
+# A buzzy tone is its fundamental plus the third harmonic at this amplitude, and nothing more, at
+# every pitch: the highest tones (2.6 kHz) have room below Nyquist for the third harmonic only, and
+# a timbre whose partials depend on the pitch (up to the seventh below 7.5 kHz, as it was until
+# session 13) gave held-out high buzzy tones two partials where every buzzy tone the encoder had
+# heard under that name had four, and the encoder heard them as pure.
+BUZZY_THIRD = 0.45
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 # Combinations no training stage ever sees (images and videos share the colour/shape ones).
@@ -195,11 +200,8 @@ class ToneSample:
         n = int(round(self.seconds * SAMPLE_RATE))
         t = np.arange(n) / SAMPLE_RATE
         w = np.sin(2 * np.pi * self.freq * t + self.phase)
-        if self.timbre == "buzzy":  # odd harmonics below Nyquist, each weaker than the fundamental
-            for k, a in ((3, 0.45), (5, 0.3), (7, 0.2)):
-                if k * self.freq < 7500:
-                    w = w + a * np.sin(2 * np.pi * k * self.freq * t + k * self.phase)
-            w = w / 1.6
+        if self.timbre == "buzzy":  # the same partials at every pitch: see BUZZY_THIRD
+            w = (w + BUZZY_THIRD * np.sin(2 * np.pi * 3 * self.freq * t + 3 * self.phase)) / (1 + BUZZY_THIRD)
         if self.timbre == "beeping":  # 4 beeps a second
             gate = ((t * 4.0) % 1.0) < 0.5
             ramp = np.convolve(gate.astype(float), np.ones(80) / 80, mode="same")
