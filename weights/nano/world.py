@@ -41,10 +41,10 @@ UNNAMED_PITCHES = ((120.0, 170.0), (360.0, 480.0), (950.0, 1650.0))  # Hz
 PITCH_EDGES = (420.0, 1300.0)  # spectral-peak thresholds between low | medium | high
 TIMBRES = ("pure", "buzzy", "beeping")
 # A buzzy tone is its fundamental plus the third harmonic at this amplitude, and nothing more, at
-# every pitch: the highest tones (2.6 kHz) have room below Nyquist for the third harmonic only, and
-# a timbre whose partials depend on the pitch (up to the seventh below 7.5 kHz, as it was until
-# session 13) gave held-out high buzzy tones two partials where every buzzy tone the encoder had
-# heard under that name had four, and the encoder heard them as pure.
+# every pitch: the highest tones (2.6 kHz) have room below Nyquist for the third harmonic only, so
+# a timbre with more partials (up to the seventh below 7.5 kHz, until session 13) changed with the
+# pitch, and held-out high buzzy tones had two partials where every buzzy tone heard in training
+# had four. (The encoder still hears them as pure: weights/nano/README.md, "Held-out tones".)
 BUZZY_THIRD = 0.45
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
