@@ -68,8 +68,7 @@ def tone_batch(rng: random.Random, n: int, drop_timbre: float = 0.0,
                unnamed: float = UNNAMED_TONES) -> tuple[torch.Tensor, list[str], list[world.ToneSample]]:
     """(n, samples) waves of training tones, their captions and the tones themselves; a share
     `unnamed` of them at pitches no caption names, captioned by their timbre alone."""
-    samples = [world.unnamed_pitch_tone(rng) if rng.random() < unnamed
-               else world.random_tone(rng, world.tone_pairs(), drop_timbre=drop_timbre) for _ in range(n)]
+    samples = [world.training_tone(rng, unnamed, drop_timbre=drop_timbre) for _ in range(n)]
     return torch.from_numpy(np.stack([s.wave() for s in samples])), [s.caption for s in samples], samples
 
 

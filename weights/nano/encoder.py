@@ -125,7 +125,7 @@ def stage_imagebind(ctx: Context) -> dict:
     groups = [{"params": [p for p in trained if id(p) in stems], "lr_scale": STEM_LR_SCALE},
               {"params": [p for p in trained if id(p) not in stems] + [log_scale]}]
     n = ctx.batch(STAGE)
-    pairs, tones = world.shape_pairs(), world.tone_pairs()
+    pairs = world.shape_pairs()
 
     unnamed = world.unnamed_pairs()
 
@@ -134,8 +134,7 @@ def stage_imagebind(ctx: Context) -> dict:
         videos = [random_video_view(rng, unnamed if rng.random() < UNNAMED else pairs) for _ in range(n)]
         # hard negatives: the same clip played backwards moves the other way, and nothing else differs
         videos += [(reversed_video(v), f[::-1].copy()) for v, f in videos[: int(n * REVERSED)]]
-        sounds = [world.unnamed_pitch_tone(rng, tone_seconds(rng)) if rng.random() < UNNAMED
-                  else world.random_tone(rng, tones, seconds=tone_seconds(rng)) for _ in range(n)]
+        sounds = [world.training_tone(rng, UNNAMED, tone_seconds) for _ in range(n)]
         items = shapes + [v for v, _ in videos] + sounds
         caps = ([image_captions(s, rng) for s in shapes] + [video_captions(v, rng) for v, _ in videos]
                 + [tone_captions(t, rng) for t in sounds])

@@ -230,6 +230,15 @@ def unnamed_pitch_tone(rng: random.Random, seconds: float = AUDIO_SECONDS) -> To
     return ToneSample(None, rng.choice(TIMBRES), freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi))
 
 
+def training_tone(rng: random.Random, unnamed: float, seconds_of=lambda rng: AUDIO_SECONDS,
+                  drop_timbre: float = 0.0) -> ToneSample:
+    """A training tone: with probability `unnamed` at a pitch no caption names (captioned by its
+    timbre alone), else a training pair; `seconds_of(rng)` draws its length."""
+    if rng.random() < unnamed:
+        return unnamed_pitch_tone(rng, seconds_of(rng))
+    return random_tone(rng, tone_pairs(), seconds=seconds_of(rng), drop_timbre=drop_timbre)
+
+
 def pitch_of(freq: float) -> str:
     return "low" if freq < PITCH_EDGES[0] else "medium" if freq < PITCH_EDGES[1] else "high"
 
