@@ -95,7 +95,7 @@ def keep_table(plan: BenchPlan, report: Report, kind: str, name: str, heading: s
         table = make_table()
     except Exception as exc:  # noqa: BLE001 - one lent GPU run must report whatever it can
         traceback.print_exc()
-        table = f"{kind[:-1]} failed: {type(exc).__name__}: {exc}"[:500]
+        table = f"{heading} failed: {type(exc).__name__}: {exc}"[:500]
     report.info.setdefault(kind, {})[name] = table
     print(f"{heading}:\n{table}", flush=True)
 

@@ -112,10 +112,12 @@
     applyTheme();
   }
 
-  function applyTheme() {
-    if (settings.theme === "light" || settings.theme === "dark") document.documentElement.dataset.theme = settings.theme;
-    else delete document.documentElement.dataset.theme;
+  const SYSTEM_DARK = matchMedia("(prefers-color-scheme: dark)");
+  function applyTheme() {  // "system" resolved here, so that style.css holds one dark palette
+    const chosen = settings.theme === "light" || settings.theme === "dark" ? settings.theme : null;
+    document.documentElement.dataset.theme = chosen ?? (SYSTEM_DARK.matches ? "dark" : "light");
   }
+  SYSTEM_DARK.addEventListener("change", applyTheme);
 
   function renderOutputChips() {
     for (const chip of document.querySelectorAll(".out-chip")) {

@@ -374,3 +374,28 @@ def test_microphone_recording(ui):
     part = req["messages"][0]["content"][1]
     assert part["type"] == "audio_url" and part["audio_url"]["url"].startswith("data:audio/")
     assert not page.locator(".msg-assistant .notice").count(), page.inner_text(".msg-assistant")
+
+
+def test_theme_follows_the_system_until_one_is_chosen(ui):
+    """"System" follows the OS as it changes; "Dark" or "Light" overrides it and survives a
+    reload, applied before first paint. One dark palette in the CSS serves both ways there."""
+    page = ui.open().page
+    background = "() => getComputedStyle(document.body).backgroundColor"
+    light = page.evaluate(background)
+    page.emulate_media(color_scheme="dark")
+    page.wait_for_selector('html[data-theme="dark"]', state="attached")  # the change event comes a frame later
+    dark = page.evaluate(background)
+    assert light != dark
+    open_settings(page)
+    page.check('input[name="theme"][value="light"]')
+    close_settings(page)
+    assert page.evaluate(background) == light  # the choice beats the system's dark
+    page.reload()
+    assert page.get_attribute("html", "data-theme") == "light" and page.evaluate(background) == light
+    open_settings(page)
+    page.check('input[name="theme"][value="system"]')
+    close_settings(page)
+    assert page.evaluate(background) == dark
+    page.emulate_media(color_scheme="light")
+    page.wait_for_selector('html[data-theme="light"]', state="attached")
+    assert page.evaluate(background) == light

@@ -43,7 +43,7 @@ def _margin(mse: torch.Tensor, i: int) -> float:
     return float(torch.cat([mse[:i], mse[i + 1:]]).min() / mse[i] - 1)
 
 
-def additive_margins(targets: torch.Tensor, names: list[dict[str, str]], held_out: list[bool]) -> list[float]:
+def additive_margins(targets: torch.Tensor, names: list[dict[str, str]], held: list[bool]) -> list[float]:
     """How far the decoder's conditionings compose from their words: each caption's conditioning
     predicted as a sum of one vector per attribute value (least squares over the seen captions),
     and that prediction's margin among all captions' conditionings. Where a held-out caption's
@@ -56,7 +56,7 @@ def additive_margins(targets: torch.Tensor, names: list[dict[str, str]], held_ou
         for kv in n.items():
             design[row, 1 + values.index(kv)] = 1
     flat = targets.flatten(1)  # (C, Q*D)
-    seen = [k for k, h in enumerate(held_out) if not h]
+    seen = [k for k, h in enumerate(held) if not h]
     coef = torch.linalg.lstsq(design[seen], flat[seen]).solution
     predicted = design @ coef
     return [_margin((flat - predicted[k]).pow(2).mean(1), k) for k in range(len(names))]
@@ -88,7 +88,7 @@ def reference_conditioning(modality: str, model, pairs: list[tuple[str, dict[str
 
 
 @torch.no_grad()
-def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], held_out: bool,
+def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], is_held_out: bool,
          texts: list[str], targets: torch.Tensor, additive: float, seed: int = 0) -> Landing:
     from models.generate import SamplingParams
     from models.types import Message
@@ -101,7 +101,7 @@ def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], h
     mse = (targets - cond).pow(2).flatten(1).mean(1)  # (C,)
     order = mse.argsort().tolist()
     i = texts.index(asked)
-    return Landing(modality, asked, held_out, judge_answer(lang.text, names), order.index(i) + 1,
+    return Landing(modality, asked, is_held_out, judge_answer(lang.text, names), order.index(i) + 1,
                    texts[order[0]], _margin(mse, i), additive)
 
 
