@@ -275,7 +275,7 @@ def audio_unet_losses(tokenizer, vae, text, unet, sched: DDPMScheduler, rng: ran
     A term that spread every caption apart kept them distinct but gave each its own code, so a
     held-out caption's conditioning was no composition of its attributes' and the output
     projection could not land it; contrasting the text with the audio as CLAP does composed
-    hardly better (weights/nano/README.md, "Held-out pitches asked for"). With the code, the
+    hardly better (docs/nano-history.md, "Held-out pitches asked for"). With the code, the
     conditioning of every caption is its attributes' sum by construction."""
     waves, captions, samples = tone_batch(rng, n, drop_timbre=0.3)
     with torch.no_grad():  # the VAE is frozen: z carries no graph

@@ -1,5 +1,5 @@
 """Does a video decoder hear the direction its caption names? The measures behind nano's
-`video_motion` stage (weights/nano/README.md, "Direction of motion"):
+`video_motion` stage (docs/nano-history.md, "Direction of motion"):
 
 - how far apart its text encoder puts "a red circle moving left / right / up / down" (cosine
   distance of the conditionings; colour words, for scale);

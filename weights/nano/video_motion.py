@@ -1,7 +1,7 @@
 """The video decoder's second stage: make it move the shape the way its caption says.
 
 After `video_unet` the decoder draws the right shape and colour in every frame but moves it at
-random. Two measured causes (weights/nano/README.md): the text encoder gives "moving left" and
+random. Two measured causes (docs/nano-history.md): the text encoder gives "moving left" and
 "moving right" the same conditioning (image captions never name a direction), and the UNet3D
 barely knows which frame it draws (Zeroscope's temporal layers have no position embedding), so
 its first guess from noise does not travel. This stage fine-tunes the decoder with the diffusion
