@@ -9,7 +9,7 @@
 
   const MEDIA = ["image", "audio", "video"];
   const LABEL = { image: "Image", audio: "Audio", video: "Video" };
-  const STORE_KEY = "nextgpt.settings.v1";
+  const STORE_KEY = SETTINGS_KEY;  // index.html defines it, and themeFor, for the first paint
   const CLIENT_MAX_BYTES = 200 * 1024 * 1024; // beyond this the browser itself struggles; the server's own limit is lower
   const DEFAULTS = Object.freeze({
     outputs: { image: "auto", audio: "auto", video: "auto" },
@@ -112,12 +112,10 @@
     applyTheme();
   }
 
-  const SYSTEM_DARK = matchMedia("(prefers-color-scheme: dark)");
   function applyTheme() {  // "system" resolved here, so that style.css holds one dark palette
-    const chosen = settings.theme === "light" || settings.theme === "dark" ? settings.theme : null;
-    document.documentElement.dataset.theme = chosen ?? (SYSTEM_DARK.matches ? "dark" : "light");
+    document.documentElement.dataset.theme = themeFor(settings.theme);
   }
-  SYSTEM_DARK.addEventListener("change", applyTheme);
+  matchMedia("(prefers-color-scheme: dark)").addEventListener("change", applyTheme);
 
   function renderOutputChips() {
     for (const chip of document.querySelectorAll(".out-chip")) {
