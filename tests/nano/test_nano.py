@@ -21,14 +21,17 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def nano():
+# on a GPU the same checks run again in fp16, as `nextgpt serve` runs the default model there
+@pytest.fixture(scope="module", params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def nano(request):
     import torch
 
     from models.nextgpt import NextGPT
 
     torch.set_num_threads(2)
-    return NextGPT.from_pretrained(DEFAULT_OUT)
+    model = NextGPT.from_pretrained(DEFAULT_OUT, devices=request.param)
+    yield model
+    model.close()
 
 
 def chat(nano, text, media=()):

@@ -83,14 +83,14 @@ def clip_ids(tokenizer, captions: list[str]) -> torch.Tensor:
 
 
 def clip_encode(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
-    """What StableDiffusionPipeline.encode_prompt computes: (B, 77, D)."""
-    return text_encoder(clip_ids(tokenizer, captions))[0]
+    """What StableDiffusionPipeline.encode_prompt computes: (B, 77, D), on the encoder's device."""
+    return text_encoder(clip_ids(tokenizer, captions).to(text_encoder.device))[0]
 
 
 def clap_encode(tokenizer, text_encoder, captions: list[str]) -> torch.Tensor:
     """What AudioLDMPipeline._encode_prompt computes: (B, D), L2-normalised."""
     t = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                  return_tensors="pt")
+                  return_tensors="pt").to(text_encoder.device)
     emb = text_encoder(t.input_ids, attention_mask=t.attention_mask).text_embeds
     return F.normalize(emb, dim=-1)
 

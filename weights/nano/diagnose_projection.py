@@ -84,7 +84,7 @@ def reference_conditioning(modality: str, model, pairs: list[tuple[str, dict[str
     decoder plays wrong, while the code itself plays right."""
     if modality == "audio":
         return torch.stack([code_target(names.values()) for _, names in pairs])
-    return caption_conditioning(modality, model.decoders[modality].pipe, [t for t, _ in pairs]).float()
+    return caption_conditioning(modality, model.decoders[modality].pipe, [t for t, _ in pairs]).float().cpu()
 
 
 @torch.no_grad()
@@ -97,7 +97,7 @@ def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], i
 
     lang = model.language([Message("user", prompt)], required=[modality],
                           sampling=SamplingParams(max_new_tokens=48, seed=seed))
-    cond = lang.conditions[modality].float().reshape(1, *targets.shape[1:])  # (1, ...)
+    cond = lang.conditions[modality].float().cpu().reshape(1, *targets.shape[1:])  # (1, ...), beside the targets
     mse = (targets - cond).pow(2).flatten(1).mean(1)  # (C,)
     order = mse.argsort().tolist()
     i = texts.index(asked)

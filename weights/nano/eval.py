@@ -204,7 +204,8 @@ def draw_grid(model, path: Path, seed: int = 0) -> Path:
 
 
 def run(weights: str | Path | None = None, splits=("held-out", "seen"), seed: int = 0, repeats: int = 2,
-        threads: int = 2, json_path: Path | None = None, grid: Path | None = None, out=sys.stdout) -> dict[str, Tally]:
+        threads: int = 2, json_path: Path | None = None, grid: Path | None = None, out=sys.stdout,
+        device: str = "cpu") -> dict[str, Tally]:
     import torch
 
     from models.nextgpt import NextGPT
@@ -215,13 +216,14 @@ def run(weights: str | Path | None = None, splits=("held-out", "seen"), seed: in
     path = Path(weights) if weights else DEFAULT_OUT
     if not (path / "nextgpt.json").is_file():
         raise SystemExit(f"no nano model at {path}: train it with `nextgpt weights train-nano`")
-    model = NextGPT.from_pretrained(path)
+    model = NextGPT.from_pretrained(path, devices=device)  # on "cuda" in fp16, as a GPU server runs it
     t0 = time.time()
     results = {}
     for split in splits:
         results[split] = evaluate(model, split, seed, repeats, progress=lambda s: print(f"  [{split}] {s}", file=sys.stderr))
     print(table(results), file=out)
-    print(f"\n({time.time() - t0:.0f} s on {torch.get_num_threads()} threads; target {TARGET:.0%} on held-out)", file=out)
+    where = f"{torch.get_num_threads()} threads" if device == "cpu" else device
+    print(f"\n({time.time() - t0:.0f} s on {where}; target {TARGET:.0%} on held-out)", file=out)
     if json_path:
         json_path.write_text(json.dumps({s: {"ok": t.ok, "n": t.n, "failures": t.failures} for s, t in results.items()},
                                         indent=1, default=str))
@@ -246,6 +248,7 @@ def add_nano(subparsers) -> None:
     p.add_argument("--repeats", type=int, default=2, help="samples per combination")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="where every stage runs: cpu (fp32) or cuda (fp16)")
     p.add_argument("--json", type=Path, default=None, help="also write counts and failures here")
     p.add_argument("--grid", type=Path, default=None, help="also draw a PNG grid of what the model makes")
     p.set_defaults(func=_main)
@@ -253,6 +256,6 @@ def add_nano(subparsers) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     results = run(args.weights, tuple(args.split or ("held-out", "seen")), args.seed, args.repeats, args.threads,
-                  args.json, args.grid)
+                  args.json, args.grid, device=args.device)
     held = results.get("held-out")
     return 0 if held is None or all((held.rate(r) or 0) >= TARGET for r, _ in ROWS if held.n.get(r)) else 1
