@@ -202,8 +202,13 @@ def zero_shot(model, tok, rng: random.Random, n: int = 48) -> dict:
 @torch.no_grad()
 def probes(model, rng: random.Random, n: int = 240) -> dict:
     """Linear probes fitted on training combinations, scored on held-out ones: is shape (and
-    direction) readable from the embedding whatever the colour?"""
+    direction) readable from the embedding whatever the colour, pitch whatever the timbre? The
+    input projection is such a linear read: a tone's attribute a probe misreads is one the
+    language stages learn to answer only by luck."""
     def embed(kind, samples):
+        if kind == "audio":
+            x = torch.stack([preprocess.audio_to_tensor(t.wave()) for t in samples])
+            return F.normalize(model({"audio": x})["audio"], dim=-1)
         if kind == "image":
             x = torch.stack([preprocess.image_to_tensor(world.encoder_view(s, rng)) for s in samples])
         else:
@@ -234,6 +239,11 @@ def probes(model, rng: random.Random, n: int = 240) -> dict:
     a, b = embed("video", trv), embed("video", tev)
     out["probe_video_direction"] = fit(a, [v.direction for v in trv], b, [v.direction for v in tev], list(world.DIRECTIONS))
     out["probe_video_shape"] = fit(a, [v.shape for v in trv], b, [v.shape for v in tev], list(world.SHAPES))
+    trt = [world.random_tone(rng, world.tone_pairs()) for _ in range(n)]
+    tet = [world.random_tone(rng, sorted(world.HELD_OUT_TONES)) for _ in range(n // 3)]
+    a, b = embed("audio", trt), embed("audio", tet)
+    out["probe_audio_pitch"] = fit(a, [t.pitch for t in trt], b, [t.pitch for t in tet], list(world.PITCHES))
+    out["probe_audio_timbre"] = fit(a, [t.timbre for t in trt], b, [t.timbre for t in tet], list(world.TIMBRES))
     return out
 
 
@@ -241,3 +251,23 @@ def load_full(work: Path) -> torch.nn.Module:
     model = build()
     model.load_state_dict(load_file(str(work / STAGE / "full.safetensors")))
     return model.eval()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m weights.nano.encoder WORK_DIR`: the `imagebind` stage's zero-shot and probe
+    figures again, for the towers trained under WORK_DIR (seconds; no training)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m weights.nano.encoder", description=main.__doc__)
+    p.add_argument("work", type=Path, help="a train-nano work directory whose imagebind stage is done")
+    p.add_argument("--seed", type=int, default=0, help="the run's --seed (the same samples as the stage drew)")
+    args = p.parse_args(argv)
+    torch.set_num_threads(2)
+    res = zero_shot(load_full(args.work), text_tokenizer(), random.Random(f"{args.seed}:{STAGE}:1"))  # ctx.rng(STAGE, 1)
+    for name, value in res.items():
+        print(f"{name:24s} {value:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
