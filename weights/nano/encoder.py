@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the run's --seed (the same samples as the stage drew)")
     args = p.parse_args(argv)
     torch.set_num_threads(2)
-    res = zero_shot(load_full(args.work), text_tokenizer(), random.Random(f"{args.seed}:{STAGE}:1"))  # ctx.rng(STAGE, 1)
+    ctx = Context(work=args.work, seed=args.seed)
+    res = zero_shot(load_full(ctx.work), text_tokenizer(), ctx.rng(STAGE, 1))  # the stream the stage's figures drew
     for name, value in res.items():
         print(f"{name:24s} {value:.3f}")
     return 0
