@@ -2,6 +2,7 @@
 signal runs, the video UNet's start from the image UNet, the vocoder features, resumability."""
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -44,21 +45,47 @@ def test_world_is_a_function_of_the_seed_and_hides_its_held_out_pairs():
     assert not seen & world.HELD_OUT_SHAPES
 
 
-def test_the_encoder_hears_every_timbre_at_pitches_no_caption_names():
-    """30% of the encoder's tones lie in bands between and around the named pitches, captioned by
-    timbre alone, so its timbre features cannot lean on the pitches each timbre came with."""
-    from weights.nano import contrastive
+def test_unnamed_pitches_hold_every_timbre_at_every_register():
+    """30% of the encoder's tones lie in bands between and around the named pitches, every timbre
+    in every band: the encoder hears them captioned by timbre alone (its timbre features cannot
+    lean on the pitches each timbre came with); the audio decoder's captions name their band's
+    register word, as a named tone's name its pitch, so that there pitch and timbre are
+    uncorrelated. No conversation says a register word."""
+    from weights.nano import contrastive, dialogue
 
     rng = random.Random(0)
     tones = [world.unnamed_pitch_tone(rng) for _ in range(300)]
-    assert {t.timbre for t in tones} == set(world.TIMBRES)
+    assert {(t.register, t.timbre) for t in tones} == set(itertools.product(world.REGISTERS, world.TIMBRES))
     assert all(t.pitch is None and any(lo <= t.freq <= hi for lo, hi in world.UNNAMED_PITCHES) for t in tones)
     assert not any(lo <= t.freq <= hi for t in tones for lo, hi in world.PITCHES.values())
-    for t in tones[:30]:
-        caption, attrs = contrastive.tone_captions(t, rng)
-        assert caption == f"a {t.timbre} tone" and attrs == {t.timbre} == contrastive.attributes(t)
+    for t in tones[:30]:  # the encoder's
+        assert contrastive.tone_captions(t, rng) == (f"a {t.timbre} tone", {t.timbre})
+        assert contrastive.attributes(t) == {t.register, t.timbre}
+        assert t.caption == f"a {t.register} {t.timbre} tone"
+    decoder_captions = {contrastive.tone_captions(t, rng, registers=True) for t in tones[:100]}
+    assert {attrs for _, attrs in decoder_captions} >= {frozenset({"bass"}), frozenset({"buzzy"}),
+                                                       frozenset({"treble", "pure"})}
     named = world.random_tone(rng, world.tone_pairs())
-    assert contrastive.attributes(named) == {named.pitch, named.timbre}
+    assert named.register is None and contrastive.attributes(named) == {named.pitch, named.timbre}
+    words = {w.strip(".,?!()[]") for line in dialogue.corpus(n=400) for w in line.lower().split()}
+    assert "beeping" in words and not set(world.REGISTERS) & words
+
+
+def test_play_requests_name_a_pair_a_pitch_alone_or_a_timbre_alone():
+    """NExT-GPT's stages ask for timbres alone too (`language.TIMBRE_REQUESTS`); the text-only
+    pretraining's stream draws none, as before they existed."""
+    from weights.nano import dialogue, language
+
+    def kinds(d, seed=0):
+        rng = random.Random(seed)
+        return [(p is not None, t is not None) for p, t in (d.play_request(rng) for _ in range(2000))]
+
+    asked = kinds(dialogue.Dialogues(False, timbre_requests=language.TIMBRE_REQUESTS))
+    assert abs(asked.count((False, True)) / len(asked) - language.TIMBRE_REQUESTS) < 0.03
+    assert asked.count((True, False)) > 0 and asked.count((True, True)) > 0
+    assert (False, True) not in kinds(dialogue.Dialogues(None))
+    user, reply = dialogue.play_turns(random.Random(0), None, "buzzy")
+    assert "buzzy tone" in user.text and reply.gen == ("audio", "a buzzy tone")
 
 
 def _partials(wave: np.ndarray, threshold: float = 0.05) -> list[float]:
@@ -81,7 +108,8 @@ def test_a_buzzy_tone_has_the_same_partials_at_every_pitch():
 
 
 def test_the_audio_decoders_hear_every_timbre_at_pitches_no_caption_names():
-    """A quarter of the audio decoders' tones come from the unnamed bands, captioned by timbre."""
+    """A quarter of the audio decoders' tones come from the unnamed bands, captioned by register
+    and timbre (or, as the named ones can be, by register alone)."""
     from weights.nano.decoders import UNNAMED_TONES, tone_batch
 
     waves, captions, tones = tone_batch(random.Random(0), 400)
@@ -89,7 +117,10 @@ def test_the_audio_decoders_hear_every_timbre_at_pitches_no_caption_names():
     unnamed = [(c, t) for c, t in zip(captions, tones) if t.pitch is None]
     assert abs(len(unnamed) / 400 - UNNAMED_TONES) < 0.06
     assert {t.timbre for _, t in unnamed} == set(world.TIMBRES)
-    assert all(c == f"a {t.timbre} tone" for c, t in unnamed)
+    assert all(c == f"a {t.register} {t.timbre} tone" for c, t in unnamed)
+    _, dropped, dropped_tones = tone_batch(random.Random(0), 400, drop_timbre=0.3)
+    register_only = [c for c, t in zip(dropped, dropped_tones) if t.pitch is None and c == f"a {t.register} tone"]
+    assert 0.2 < len(register_only) / sum(t.pitch is None for t in dropped_tones) < 0.4
     assert all(c == t.caption and (t.pitch, t.timbre) not in world.HELD_OUT_TONES
                for c, t in zip(captions, tones) if t.pitch is not None)
     _, _, none_unnamed = tone_batch(random.Random(0), 50, unnamed=0.0)
@@ -373,9 +404,10 @@ def test_partial_captions_are_positives_for_every_item_with_their_attributes():
 def test_the_attribute_code_makes_a_captions_target_the_sum_of_its_attributes():
     from weights.nano.decoders import ATTRIBUTE_CODE, code_target
 
-    basis = torch.stack(list(ATTRIBUTE_CODE.values()))  # (6, D): low, medium, high, pure, buzzy, beeping
-    assert basis.shape == (6, config.CONDITION_DIM)
-    torch.testing.assert_close(basis @ basis.T, torch.eye(6), atol=1e-5, rtol=0)  # orthonormal
+    assert list(ATTRIBUTE_CODE) == [*world.PITCHES, *world.TIMBRES, *world.REGISTERS]
+    basis = torch.stack(list(ATTRIBUTE_CODE.values()))  # (9, D)
+    assert basis.shape == (9, config.CONDITION_DIM)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(9), atol=1e-5, rtol=0)  # orthonormal
     both, low, beeping = code_target({"low", "beeping"}), code_target({"low"}), code_target({"beeping"})
     torch.testing.assert_close(both, (low + beeping) / 2 ** 0.5)
     assert abs(float(both @ code_target({"low", "buzzy"})) - 0.5) < 1e-5  # one attribute shared

@@ -13,15 +13,19 @@ import torch.nn.functional as F
 from . import world
 
 
-def tone_captions(t: world.ToneSample, rng: random.Random) -> tuple[str, frozenset]:
-    """A tone's caption, naming its pitch and timbre, its pitch alone or its timbre alone."""
-    if t.pitch is None:  # an unnamed pitch: only the timbre is said
-        return t.caption, frozenset({t.timbre})
+def tone_captions(t: world.ToneSample, rng: random.Random, registers: bool = False) -> tuple[str, frozenset]:
+    """A tone's caption, naming its pitch and timbre, its pitch alone or its timbre alone. A tone
+    at a pitch no caption names is captioned by its timbre alone, or, with `registers` (the audio
+    decoder's captions), as a named one with its band's register word (`world.REGISTERS`) for the
+    pitch."""
+    if t.pitch is None and not registers:
+        return f"a {t.timbre} tone", frozenset({t.timbre})
+    pitch = t.pitch or t.register
     r = rng.random()
     if r < 0.7:
-        return f"a {t.pitch} {t.timbre} tone", frozenset({t.pitch, t.timbre})
+        return f"a {pitch} {t.timbre} tone", frozenset({pitch, t.timbre})
     if r < 0.85:
-        return f"a {t.pitch} tone", frozenset({t.pitch})
+        return f"a {pitch} tone", frozenset({pitch})
     return f"a {t.timbre} tone", frozenset({t.timbre})
 
 
@@ -30,7 +34,7 @@ def attributes(item) -> frozenset:
         return frozenset({item.colour, item.shape, item.direction, "moving"})
     if isinstance(item, world.ShapeSample):
         return frozenset({item.colour, item.shape})
-    return frozenset({item.pitch, item.timbre}) - {None}
+    return frozenset({item.pitch, item.timbre, item.register}) - {None}
 
 
 def distinct_captions(caps: list[tuple[str, frozenset]]) -> list[tuple[str, frozenset]]:

@@ -27,8 +27,9 @@ from .common import EMA, Context, train_loop
 BETAS = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")  # Stable Diffusion's
 CAPTION_DROP = 0.1
 # The share of the audio decoders' tones at pitches no caption names (world.UNNAMED_PITCHES),
-# captioned by timbre alone, as the encoder hears them: the UNet then learns "buzzy" and "beeping"
-# apart from the pitches they come with in training, which held-out pitch/timbre pairs ask for.
+# captioned by their band's register word and timbre (world.REGISTERS): the UNet then plays every
+# timbre at every register, and learns "buzzy" and "beeping" apart from the pitches they come
+# with in the named bands, which held-out pitch/timbre pairs ask for.
 UNNAMED_TONES = 0.25
 
 
@@ -248,10 +249,15 @@ ATTRIBUTE_CODE_SEED = 1234
 
 
 def attribute_code(dim: int = config.CONDITION_DIM) -> dict[str, torch.Tensor]:
-    """One orthonormal (dim,) direction per pitch and per timbre name."""
+    """One orthonormal (dim,) direction per pitch, timbre and register name. The registers' are
+    drawn after the others and made orthogonal to them, which keeps the pitches' and timbres' as
+    they were before registers were named."""
+    g = torch.Generator().manual_seed(ATTRIBUTE_CODE_SEED)
     names = [*world.PITCHES, *world.TIMBRES]
-    basis, _ = torch.linalg.qr(torch.randn(dim, len(names), generator=torch.Generator().manual_seed(ATTRIBUTE_CODE_SEED)))
-    return {name: basis[:, k] for k, name in enumerate(names)}
+    basis, _ = torch.linalg.qr(torch.randn(dim, len(names), generator=g))  # (dim, 6)
+    extra = torch.randn(dim, len(world.REGISTERS), generator=g)
+    extra, _ = torch.linalg.qr(extra - basis @ (basis.T @ extra))
+    return {name: column for name, column in zip([*names, *world.REGISTERS], torch.cat([basis, extra], 1).T)}
 
 
 ATTRIBUTE_CODE = attribute_code()
@@ -282,7 +288,7 @@ def audio_unet_losses(tokenizer, vae, text, unet, sched: DDPMScheduler, rng: ran
         z = vae.encode(audio.log_mel(waves).unsqueeze(1)).latent_dist.sample() * vae.config.scaling_factor
     cond = clap_encode(tokenizer, text, drop_captions(rng, captions))
     diffusion = diffusion_loss(unet, z, sched, encoder_hidden_states=None, class_labels=cond)
-    caps = contrastive.distinct_captions([contrastive.tone_captions(t, rng) for t in samples])
+    caps = contrastive.distinct_captions([contrastive.tone_captions(t, rng, registers=True) for t in samples])
     named = clap_encode(tokenizer, text, [caption for caption, _ in caps])  # (U, D)
     targets = torch.stack([code_target(attributes) for _, attributes in caps])  # (U, D)
     code = (named - targets).pow(2).sum(-1).mean()

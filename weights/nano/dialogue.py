@@ -120,8 +120,8 @@ def draw_turns(rng, colour: str, shape: str, ask: str | None = None) -> tuple[Tu
             Turn("assistant", world.article(HERE_IMAGE.format(**kw)), gen=("image", world.article(f"a {colour} {shape}"))))
 
 
-def play_turns(rng, pitch: str, timbre: str | None) -> tuple[Turn, Turn]:
-    desc = f"{pitch} {timbre}" if timbre else pitch
+def play_turns(rng, pitch: str | None, timbre: str | None) -> tuple[Turn, Turn]:
+    desc = " ".join(a for a in (pitch, timbre) if a)
     return (Turn("user", _fill(rng, PLAY, desc=desc)),
             Turn("assistant", HERE_AUDIO.format(desc=desc), gen=("audio", f"a {desc} tone")))
 
@@ -138,9 +138,20 @@ class Dialogues:
     held-out ones (True) or all of them (None: text only, as a real LLM's pretraining knows every
     phrase of the world's language)."""
 
-    def __init__(self, held_out: bool | None = False):
+    def __init__(self, held_out: bool | None = False, timbre_requests: float = 0.0):
         self.pairs = world.shape_pairs(held_out)
         self.tones = world.tone_pairs(held_out)
+        # The share of play requests naming a timbre alone ("Play a buzzy tone."): NExT-GPT's stages
+        # ask for some, so that the output projection learns a timbre apart from the pitches it is
+        # asked with, as it learns pitches alone. 0 draws nothing (the text-only stream predates it).
+        self.timbre_requests = timbre_requests
+
+    def play_request(self, rng) -> tuple[str | None, str | None]:
+        """(pitch, timbre) of a play request: a training pair, its pitch alone or its timbre alone."""
+        pitch, timbre = rng.choice(self.tones)
+        if self.timbre_requests and rng.random() < self.timbre_requests:
+            return None, timbre
+        return pitch, timbre if rng.random() < 0.6 else None
 
     # media
     def shape(self, rng):
@@ -169,8 +180,7 @@ class Dialogues:
             colour, shape = rng.choice(self.pairs)
             return list(draw_turns(rng, colour, shape))
         if kind == "play":
-            pitch, timbre = rng.choice(self.tones)
-            return list(play_turns(rng, pitch, timbre if rng.random() < 0.6 else None))
+            return list(play_turns(rng, *self.play_request(rng)))
         if kind == "animate":
             colour, shape = rng.choice(self.pairs)
             return list(animate_turns(rng, colour, shape, rng.choice(list(world.DIRECTIONS))))
@@ -215,8 +225,7 @@ class Dialogues:
             return conv + [Turn("user", q), Turn("assistant", a)]
         if kind == "audio_then_play":
             conv = self.single(rng, "audio_q")
-            pitch, timbre = rng.choice(self.tones)
-            return conv + list(play_turns(rng, pitch, timbre if rng.random() < 0.6 else None))
+            return conv + list(play_turns(rng, *self.play_request(rng)))
         # a question about an image, then an unrelated drawing request
         conv = self.single(rng, "image_q")
         colour, shape = rng.choice(self.pairs)

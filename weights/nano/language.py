@@ -137,11 +137,16 @@ def build_bank(ctx: Context) -> Bank:
     return Bank(items, embeds, index)
 
 
+# Play requests naming a timbre alone, of all play requests in `align_output` and `instruct`
+# (docs/nano-history.md, session 18: without them the projection landed high buzzy off its code).
+TIMBRE_REQUESTS = 0.2
+
+
 class BankDialogues(Dialogues):
     """Conversations whose media come from the bank (so their embeddings are known)."""
 
     def __init__(self, bank: Bank):
-        super().__init__(held_out=False)
+        super().__init__(held_out=False, timbre_requests=TIMBRE_REQUESTS)
         self.bank = bank
 
     def shape(self, rng):

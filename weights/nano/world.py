@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -38,6 +38,11 @@ PITCHES = {"low": (200.0, 320.0), "medium": (550.0, 850.0), "high": (1700.0, 260
 # timbre in them, captioned by its timbre alone, so that its timbre features cannot lean on the
 # pitches each timbre was heard at (the held-out pitch/timbre pairs depend on that).
 UNNAMED_PITCHES = ((120.0, 170.0), (360.0, 480.0), (950.0, 1650.0))  # Hz
+# What the audio decoder's captions (and nothing else) call those bands: the UNet plays every
+# timbre at every register, pitch and timbre uncorrelated as they are not in the named bands, and
+# composes a held-out pair better (docs/nano-history.md, session 18). The language stages never
+# say these words; the encoder hears unnamed tones captioned by timbre alone.
+REGISTERS = ("bass", "tenor", "treble")
 PITCH_EDGES = (420.0, 1300.0)  # spectral-peak thresholds between low | medium | high
 TIMBRES = ("pure", "buzzy", "beeping")
 # A buzzy tone is its fundamental plus the third harmonic at this amplitude, and nothing more, at
@@ -191,10 +196,16 @@ class ToneSample:
     with_timbre: bool = True  # the caption names the timbre
 
     @property
+    def register(self) -> str | None:
+        """The audio decoder's word for the unnamed band the tone is in (`REGISTERS`); None if named."""
+        if self.pitch is not None:
+            return None
+        return next(r for r, (lo, hi) in zip(REGISTERS, UNNAMED_PITCHES) if lo <= self.freq <= hi)
+
+    @property
     def caption(self) -> str:
-        if self.pitch is None:
-            return f"a {self.timbre} tone"
-        return f"a {self.pitch} {self.timbre} tone" if self.with_timbre else f"a {self.pitch} tone"
+        pitch = self.pitch or self.register
+        return f"a {pitch} {self.timbre} tone" if self.with_timbre else f"a {pitch} tone"
 
     def wave(self) -> np.ndarray:
         n = int(round(self.seconds * SAMPLE_RATE))
@@ -224,10 +235,13 @@ def random_tone(rng: random.Random, pairs: list[tuple[str, str]], seconds: float
                       with_timbre=rng.random() >= drop_timbre)
 
 
-def unnamed_pitch_tone(rng: random.Random, seconds: float = AUDIO_SECONDS) -> ToneSample:
-    """A tone of any timbre in a pitch band no caption names."""
+def unnamed_pitch_tone(rng: random.Random, seconds: float = AUDIO_SECONDS, drop_timbre: float = 0.0) -> ToneSample:
+    """A tone of any timbre in a pitch band no caption names (its register's)."""
     freq = frequency_in(rng, rng.choice(UNNAMED_PITCHES))
-    return ToneSample(None, rng.choice(TIMBRES), freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi))
+    tone = ToneSample(None, rng.choice(TIMBRES), freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi))
+    if drop_timbre and rng.random() < drop_timbre:  # no draw without it: the encoder's stream predates it
+        tone = replace(tone, with_timbre=False)
+    return tone
 
 
 def training_tone(rng: random.Random, unnamed: float, seconds_of=lambda rng: AUDIO_SECONDS,
@@ -235,7 +249,7 @@ def training_tone(rng: random.Random, unnamed: float, seconds_of=lambda rng: AUD
     """A training tone: with probability `unnamed` at a pitch no caption names (captioned by its
     timbre alone), else a training pair; `seconds_of(rng)` draws its length."""
     if rng.random() < unnamed:
-        return unnamed_pitch_tone(rng, seconds_of(rng))
+        return unnamed_pitch_tone(rng, seconds_of(rng), drop_timbre)
     return random_tone(rng, tone_pairs(), seconds=seconds_of(rng), drop_timbre=drop_timbre)
 
 
