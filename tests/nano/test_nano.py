@@ -115,10 +115,11 @@ def test_the_video_diagnosis_sees_the_decoder_hear_the_direction():
 def test_the_projection_diagnosis_lands_seen_requests_on_their_own_caption(nano):
     """`python -m weights.nano.diagnose_projection`: every seen request is answered by name and
     projected nearest its own caption by a wide margin; the held-out ones are all measured (where
-    they land is what the nano README reports, not a pass mark)."""
+    they land is what the nano README reports, not a pass mark). With `plays`, tone landings are
+    decoded too, and seen ones play the asked pitch."""
     from weights.nano.diagnose_projection import captions, diagnose
 
-    landings = diagnose(nano)
+    landings = diagnose(nano, plays=2)
     assert len(landings) == len(captions("image")) + len(captions("audio"))
     seen = [r for r in landings if not r.held_out]
     assert all(r.named and r.rank == 1 and r.nearest == r.asked and r.margin > 1 for r in seen), \
@@ -126,3 +127,6 @@ def test_the_projection_diagnosis_lands_seen_requests_on_their_own_caption(nano)
     held = {(r.modality, r.asked) for r in landings if r.held_out}
     assert len(held) == len(world.HELD_OUT_SHAPES) + len(world.HELD_OUT_TONES)
     assert all(1 <= r.rank <= len(captions(r.modality)) for r in landings)
+    assert all((r.played is None) == (r.modality == "image") for r in landings)
+    seen_tones = [r for r in seen if r.modality == "audio"]
+    assert sum(r.played for r in seen_tones) >= 2 * len(seen_tones) - 2, [(r.asked, r.played) for r in seen_tones]

@@ -36,6 +36,7 @@ class Landing:
     nearest: str
     margin: float  # MSE to the nearest other caption / MSE to the asked one - 1
     additive_margin: float  # the same margin for the attribute-additive prediction of the target
+    played: int | None = None  # tones, with `plays`: of the decoded landings, how many have the asked pitch
 
 
 def _margin(mse: torch.Tensor, i: int) -> float:
@@ -88,8 +89,19 @@ def reference_conditioning(modality: str, model, pairs: list[tuple[str, dict[str
 
 
 @torch.no_grad()
+def played_right(model, cond: torch.Tensor, pitch: str, plays: int) -> int:
+    """Decode a tone request's landing `plays` times (seeds 0, 1, ...) with the model's audio
+    decoder at its defaults: how many have the asked pitch (spectral peak). Separates a landing
+    the decoder plays wrong from a decoder that composes wrong (compare the attribute code)."""
+    from . import measure
+
+    decoder = model.decoders["audio"]
+    waves = decoder(cond.reshape(1, -1).expand(plays, -1), decoder.defaults, seeds=list(range(plays)))
+    return sum(measure.pitch_class(w) == pitch for w in waves)
+
+
 def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], is_held_out: bool,
-         texts: list[str], targets: torch.Tensor, additive: float, seed: int = 0) -> Landing:
+         texts: list[str], targets: torch.Tensor, additive: float, seed: int = 0, plays: int = 0) -> Landing:
     from models.generate import SamplingParams
     from models.types import Message
 
@@ -101,12 +113,14 @@ def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], i
     mse = (targets - cond).pow(2).flatten(1).mean(1)  # (C,)
     order = mse.argsort().tolist()
     i = texts.index(asked)
+    played = played_right(model, lang.conditions[modality], names["pitch"], plays) if plays and modality == "audio" else None
     return Landing(modality, asked, is_held_out, judge_answer(lang.text, names), order.index(i) + 1,
-                   texts[order[0]], _margin(mse, i), additive)
+                   texts[order[0]], _margin(mse, i), additive, played)
 
 
-def diagnose(model, seed: int = 0) -> list[Landing]:
-    """One request per caption of the image and audio decoders (held-out pairs marked)."""
+def diagnose(model, seed: int = 0, plays: int = 0) -> list[Landing]:
+    """One request per caption of the image and audio decoders (held-out pairs marked); with
+    `plays`, each tone request's landing also decoded that many times."""
     landings = []
     for modality in ("image", "audio"):
         pairs = captions(modality)
@@ -119,7 +133,7 @@ def diagnose(model, seed: int = 0) -> list[Landing]:
                 prompt = world.article(dialogue.DRAW[k % len(dialogue.DRAW)].format(**names))
             else:
                 prompt = dialogue.PLAY[k % len(dialogue.PLAY)].format(desc=f"{names['pitch']} {names['timbre']}")
-            landings.append(land(model, modality, prompt, text, names, held[k], texts, targets, additive[k], seed))
+            landings.append(land(model, modality, prompt, text, names, held[k], texts, targets, additive[k], seed, plays))
     return landings
 
 
@@ -131,13 +145,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m weights.nano.diagnose_projection", description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", nargs="?", type=Path, default=preset_dir("nano"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--play", type=int, default=0, metavar="N",
+                   help="also decode each tone request's landing N times and count the asked pitch")
     args = p.parse_args(argv)
     model = NextGPT.from_pretrained(args.model_dir)
-    print("| asked | held out | answer names it | rank | nearest | margin | additive target's margin |\n"
-          "|---|---|---|---|---|---|---|")
-    for r in diagnose(model, args.seed):
+    print("| asked | held out | answer names it | rank | nearest | margin | additive target's margin | played right |\n"
+          "|---|---|---|---|---|---|---|---|")
+    for r in diagnose(model, args.seed, args.play):
+        played = "-" if r.played is None else f"{r.played}/{args.play}"
         print(f"| {r.asked} | {'yes' if r.held_out else ''} | {'yes' if r.named else 'NO'} | {r.rank} | "
-              f"{r.nearest} | {r.margin:+.2f} | {r.additive_margin:+.2f} |")
+              f"{r.nearest} | {r.margin:+.2f} | {r.additive_margin:+.2f} | {played} |")
     return 0
 
 
