@@ -88,7 +88,6 @@ def reference_conditioning(modality: str, model, pairs: list[tuple[str, dict[str
     return caption_conditioning(modality, model.decoders[modality].pipe, [t for t, _ in pairs]).float().cpu()
 
 
-@torch.no_grad()
 def played_right(model, cond: torch.Tensor, pitch: str, plays: int) -> int:
     """Decode a tone request's landing `plays` times (seeds 0, 1, ...) with the model's audio
     decoder at its defaults: how many have the asked pitch (spectral peak). Separates a landing
@@ -100,6 +99,7 @@ def played_right(model, cond: torch.Tensor, pitch: str, plays: int) -> int:
     return sum(measure.pitch_class(w) == pitch for w in waves)
 
 
+@torch.no_grad()
 def land(model, modality: str, prompt: str, asked: str, names: dict[str, str], is_held_out: bool,
          texts: list[str], targets: torch.Tensor, additive: float, seed: int = 0, plays: int = 0) -> Landing:
     from models.generate import SamplingParams

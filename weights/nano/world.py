@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -238,10 +238,9 @@ def random_tone(rng: random.Random, pairs: list[tuple[str, str]], seconds: float
 def unnamed_pitch_tone(rng: random.Random, seconds: float = AUDIO_SECONDS, drop_timbre: float = 0.0) -> ToneSample:
     """A tone of any timbre in a pitch band no caption names (its register's)."""
     freq = frequency_in(rng, rng.choice(UNNAMED_PITCHES))
-    tone = ToneSample(None, rng.choice(TIMBRES), freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi))
-    if drop_timbre and rng.random() < drop_timbre:  # no draw without it: the encoder's stream predates it
-        tone = replace(tone, with_timbre=False)
-    return tone
+    # the last draw only with drop_timbre: the encoder's stream, which has none, predates it
+    return ToneSample(None, rng.choice(TIMBRES), freq, rng.uniform(0.25, 0.5), seconds, rng.uniform(0, 2 * np.pi),
+                      with_timbre=not (drop_timbre and rng.random() < drop_timbre))
 
 
 def training_tone(rng: random.Random, unnamed: float, seconds_of=lambda rng: AUDIO_SECONDS,
