@@ -245,8 +245,9 @@ def unnamed_pitch_tone(rng: random.Random, seconds: float = AUDIO_SECONDS, drop_
 
 def training_tone(rng: random.Random, unnamed: float, seconds_of=lambda rng: AUDIO_SECONDS,
                   drop_timbre: float = 0.0) -> ToneSample:
-    """A training tone: with probability `unnamed` at a pitch no caption names (captioned by its
-    timbre alone), else a training pair; `seconds_of(rng)` draws its length."""
+    """A training tone: with probability `unnamed` at a pitch no caption names (the encoder's
+    captions name its timbre alone, the audio decoder's its register too), else a training pair;
+    `seconds_of(rng)` draws its length."""
     if rng.random() < unnamed:
         return unnamed_pitch_tone(rng, seconds_of(rng), drop_timbre)
     return random_tone(rng, tone_pairs(), seconds=seconds_of(rng), drop_timbre=drop_timbre)
