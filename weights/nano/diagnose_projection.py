@@ -17,6 +17,7 @@ far the decoder's own conditionings leave a held-out caption reachable by compos
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +40,17 @@ class Landing:
     played: int | None = None  # tones, with `plays`: of the decoded landings, how many have the asked pitch
 
 
+# MSE to the asked caption at or below this share of the nearest other's is float rounding: the
+# landing is the asked caption itself (the tones' additive prediction is, as their code is a sum)
+EXACT = 1e-9
+
+
 def _margin(mse: torch.Tensor, i: int) -> float:
-    """MSE to the nearest caption other than i, over MSE to caption i, minus 1."""
-    return float(torch.cat([mse[:i], mse[i + 1:]]).min() / mse[i] - 1)
+    """MSE to the nearest caption other than i, over MSE to caption i, minus 1 (inf: on caption i)."""
+    nearest_other = torch.cat([mse[:i], mse[i + 1:]]).min()
+    if mse[i] <= EXACT * nearest_other:
+        return math.inf
+    return float(nearest_other / mse[i] - 1)
 
 
 def additive_margins(targets: torch.Tensor, names: list[dict[str, str]], held: list[bool]) -> list[float]:
