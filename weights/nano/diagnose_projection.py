@@ -41,7 +41,7 @@ class Landing:
 
 
 # MSE to the asked caption at or below this share of the nearest other's is float rounding: the
-# landing is the asked caption itself (the tones' additive prediction is, as their code is a sum)
+# landing is the asked caption itself (as the tones' additive prediction is: their code is a sum)
 EXACT = 1e-9
 
 
