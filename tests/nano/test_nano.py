@@ -130,3 +130,18 @@ def test_the_projection_diagnosis_lands_seen_requests_on_their_own_caption(nano)
     assert all((r.played is None) == (r.modality == "image") for r in landings)
     seen_tones = [r for r in seen if r.modality == "audio"]
     assert sum(r.played for r in seen_tones) >= 2 * len(seen_tones) - 2, [(r.asked, r.played) for r in seen_tones]
+
+
+def test_the_decoder_ceilings_decode_seen_captions_right_from_their_reference(nano):
+    """`diagnose_projection --ceilings`: every caption's reference conditioning and its additive
+    prediction decoded. Seen captions come out right from their reference (the decoders were
+    trained on them); the held-out ones are measured, not judged (the nano README reports them)."""
+    from weights.nano.diagnose_projection import captions, decoder_ceilings
+
+    ceilings = decoder_ceilings(nano, plays=1)
+    assert [(c.modality, c.asked) for c in ceilings] == \
+        [(m, t) for m in ("image", "audio") for t, _ in captions(m)]
+    seen = [c for c in ceilings if not c.held_out]
+    assert sum(c.from_reference for c in seen) >= len(seen) - 2, [c for c in seen if not c.from_reference]
+    assert sum(c.held_out for c in ceilings) == len(world.HELD_OUT_SHAPES) + len(world.HELD_OUT_TONES)
+    assert all(0 <= c.from_reference <= 1 and 0 <= c.from_additive <= 1 for c in ceilings)

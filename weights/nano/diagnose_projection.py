@@ -11,8 +11,10 @@ captions by MSE (1: nearest), the nearest caption, and the margin (MSE to the ne
 caption over MSE to the asked one, minus 1: above 0 means the asked caption is nearest); and the
 same margin for the target as its attributes would compose it (`additive_margins`), which says how
 far the decoder's own conditionings leave a held-out caption reachable by composition at all.
+With `--ceilings N`, a third fault: a decoder that draws or plays a held-out pair wrong even from
+an ideal landing (`decoder_ceilings`), which no language-stage change can make up for.
 
-    python -m weights.nano.diagnose_projection [MODEL_DIR]
+    python -m weights.nano.diagnose_projection [MODEL_DIR] [--play N] [--ceilings N]
 """
 from __future__ import annotations
 
@@ -53,22 +55,27 @@ def _margin(mse: torch.Tensor, i: int) -> float:
     return float(nearest_other / mse[i] - 1)
 
 
-def additive_margins(targets: torch.Tensor, names: list[dict[str, str]], held: list[bool]) -> list[float]:
-    """How far the decoder's conditionings compose from their words: each caption's conditioning
-    predicted as a sum of one vector per attribute value (least squares over the seen captions),
-    and that prediction's margin among all captions' conditionings. Where a held-out caption's
-    additive prediction lands nearer another caption, a projection that composes colour and shape
-    (or pitch and timbre) as the seen captions do would land it there too."""
+def additive_prediction(targets: torch.Tensor, names: list[dict[str, str]], held: list[bool]) -> torch.Tensor:
+    """(C, ...) each caption's conditioning predicted as a sum of one vector per attribute value,
+    fitted by least squares over the seen captions only."""
     values = sorted({(k, v) for n in names for k, v in n.items()})
     design = torch.zeros(len(names), 1 + len(values))
     design[:, 0] = 1
     for row, n in enumerate(names):
         for kv in n.items():
             design[row, 1 + values.index(kv)] = 1
-    flat = targets.flatten(1)  # (C, Q*D)
     seen = [k for k, h in enumerate(held) if not h]
-    coef = torch.linalg.lstsq(design[seen], flat[seen]).solution
-    predicted = design @ coef
+    coef = torch.linalg.lstsq(design[seen], targets.flatten(1)[seen]).solution
+    return (design @ coef).reshape(targets.shape)
+
+
+def additive_margins(targets: torch.Tensor, names: list[dict[str, str]], held: list[bool]) -> list[float]:
+    """How far the decoder's conditionings compose from their words: each caption's
+    `additive_prediction`'s margin among all captions' conditionings. Where a held-out caption's
+    additive prediction lands nearer another caption, a projection that composes colour and shape
+    (or pitch and timbre) as the seen captions do would land it there too."""
+    flat = targets.flatten(1)  # (C, Q*D)
+    predicted = additive_prediction(targets, names, held).flatten(1)
     return [_margin((flat - predicted[k]).pow(2).mean(1), k) for k in range(len(names))]
 
 
@@ -106,6 +113,54 @@ def played_right(model, cond: torch.Tensor, pitch: str, plays: int) -> int:
     decoder = model.decoders["audio"]
     waves = decoder(cond.reshape(1, -1).expand(plays, -1), decoder.defaults, seeds=list(range(plays)))
     return sum(measure.pitch_class(w) == pitch for w in waves)
+
+
+def drawn_right(model, cond: torch.Tensor, colour: str, shape: str, plays: int) -> int:
+    """Decode an image conditioning (Q, D) `plays` times (seeds 0, 1, ...) with the model's image
+    decoder at its defaults: how many show the asked colour and shape."""
+    from . import measure
+
+    decoder = model.decoders["image"]
+    images = decoder(cond[None].expand(plays, -1, -1), decoder.defaults, seeds=list(range(plays)))
+    return sum(measure.dominant_colour(im) == colour and measure.shape_of(im) == shape for im in images)
+
+
+def decoded_right(model, modality: str, cond: torch.Tensor, names: dict[str, str], plays: int) -> int:
+    if modality == "audio":
+        return played_right(model, cond, names["pitch"], plays)
+    return drawn_right(model, cond, names["colour"], names["shape"], plays)
+
+
+@dataclass
+class Ceiling:
+    """What a decoder makes of a request's ideal landings, out of `plays` decodings: its caption's
+    reference conditioning (where the output projection is trained to land, for seen captions)
+    and that conditioning's additive prediction (where a projection that composes lands)."""
+
+    modality: str
+    asked: str
+    held_out: bool
+    from_reference: int
+    from_additive: int
+    plays: int
+
+
+@torch.no_grad()
+def decoder_ceilings(model, plays: int) -> list[Ceiling]:
+    """Every caption's two ideal landings decoded: for a held-out pair, the most that any output
+    projection landing on it can score, before the LLM or the projection miss anything (session
+    21: the image decoder draws "a purple circle"'s own conditioning square 7 times in 8)."""
+    out = []
+    for modality in ("image", "audio"):
+        pairs = captions(modality)
+        names = [n for _, n in pairs]
+        held = [held_out(modality, n) for n in names]
+        targets = reference_conditioning(modality, model, pairs)  # (C, ...)
+        predicted = additive_prediction(targets, names, held)
+        for k, (text, n) in enumerate(pairs):
+            out.append(Ceiling(modality, text, held[k], decoded_right(model, modality, targets[k], n, plays),
+                               decoded_right(model, modality, predicted[k], n, plays), plays))
+    return out
 
 
 @torch.no_grad()
@@ -156,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--play", type=int, default=0, metavar="N",
                    help="also decode each tone request's landing N times and count the asked pitch")
+    p.add_argument("--ceilings", type=int, default=0, metavar="N",
+                   help="also decode every caption's reference conditioning and its additive prediction "
+                        "N times each: what the decoders make of an ideal landing")
     args = p.parse_args(argv)
     model = NextGPT.from_pretrained(args.model_dir)
     print("| asked | held out | answer names it | rank | nearest | margin | additive target's margin | played right |\n"
@@ -164,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         played = "-" if r.played is None else f"{r.played}/{args.play}"
         print(f"| {r.asked} | {'yes' if r.held_out else ''} | {'yes' if r.named else 'NO'} | {r.rank} | "
               f"{r.nearest} | {r.margin:+.2f} | {r.additive_margin:+.2f} | {played} |")
+    if args.ceilings:
+        print("\n| caption | held out | decoded right from its reference | from its additive prediction |\n"
+              "|---|---|---|---|")
+        for c in decoder_ceilings(model, args.ceilings):
+            print(f"| {c.asked} | {'yes' if c.held_out else ''} | {c.from_reference}/{c.plays} | "
+                  f"{c.from_additive}/{c.plays} |")
     return 0
 
 
