@@ -104,6 +104,12 @@ def reference_conditioning(modality: str, model, pairs: list[tuple[str, dict[str
     return caption_conditioning(modality, model.decoders[modality].pipe, [t for t, _ in pairs]).float().cpu()
 
 
+def caption_references(model, modality: str) -> tuple[list[tuple[str, dict[str, str]]], list[bool], torch.Tensor]:
+    """A modality's captions, which of them are held out, and their reference conditionings (C, ...)."""
+    pairs = captions(modality)
+    return pairs, [held_out(modality, n) for _, n in pairs], reference_conditioning(modality, model, pairs)
+
+
 def played_right(model, cond: torch.Tensor, pitch: str, plays: int) -> int:
     """Decode a tone request's landing `plays` times (seeds 0, 1, ...) with the model's audio
     decoder at its defaults: how many have the asked pitch (spectral peak). Separates a landing
@@ -152,11 +158,8 @@ def decoder_ceilings(model, plays: int) -> list[Ceiling]:
     21: the image decoder draws "a purple circle"'s own conditioning square 7 times in 8)."""
     out = []
     for modality in ("image", "audio"):
-        pairs = captions(modality)
-        names = [n for _, n in pairs]
-        held = [held_out(modality, n) for n in names]
-        targets = reference_conditioning(modality, model, pairs)  # (C, ...)
-        predicted = additive_prediction(targets, names, held)
+        pairs, held, targets = caption_references(model, modality)
+        predicted = additive_prediction(targets, [n for _, n in pairs], held)
         for k, (text, n) in enumerate(pairs):
             out.append(Ceiling(modality, text, held[k], decoded_right(model, modality, targets[k], n, plays),
                                decoded_right(model, modality, predicted[k], n, plays), plays))
@@ -187,10 +190,8 @@ def diagnose(model, seed: int = 0, plays: int = 0) -> list[Landing]:
     `plays`, each tone request's landing also decoded that many times."""
     landings = []
     for modality in ("image", "audio"):
-        pairs = captions(modality)
+        pairs, held, targets = caption_references(model, modality)
         texts = [t for t, _ in pairs]
-        targets = reference_conditioning(modality, model, pairs)  # (C, ...)
-        held = [held_out(modality, n) for _, n in pairs]
         additive = additive_margins(targets, [n for _, n in pairs], held)
         for k, (text, names) in enumerate(pairs):
             if modality == "image":
