@@ -97,15 +97,34 @@ def _partials(wave: np.ndarray, threshold: float = 0.05) -> list[float]:
     return list(freqs[1:-1][is_peak])
 
 
-def test_a_buzzy_tone_has_the_same_partials_at_every_pitch():
-    """Fundamental and third harmonic, nothing else, from the lowest unnamed band to the top of
-    "high": a held-out high buzzy tone sounds like every buzzy tone the encoder was taught."""
+def _loudness_rhythm(wave: np.ndarray) -> tuple[float, float]:
+    """(the strongest rate (Hz) at which a wave's loudness rises and falls, how deep: that rate's
+    share of the loudness envelope's spread), from 5-ms frames' RMS."""
+    frames = wave[: len(wave) // 80 * 80].reshape(-1, 80)
+    env = np.sqrt((frames ** 2).mean(1))
+    env = env - env.mean()
+    spec = np.abs(np.fft.rfft(env))
+    rates = np.fft.rfftfreq(len(env), 80 / world.SAMPLE_RATE)
+    k = int(spec[1:].argmax()) + 1
+    return float(rates[k]), float(spec[k] / (np.sqrt((spec[1:] ** 2).sum()) + 1e-12))
+
+
+def test_a_buzzy_tone_pulses_within_its_own_band_at_every_pitch():
+    """From the lowest unnamed band to the top of "high", a buzzy tone's loudness pulses
+    BUZZ_HZ times a second and every partial lies within a few pulse rates of its fundamental (no
+    harmonic above its band): a held-out high buzzy tone sounds like every buzzy tone the encoder
+    was taught, shifted. A pure tone neither pulses nor spreads."""
     bands = [*world.PITCHES.values(), *world.UNNAMED_PITCHES]
     for freq in [f for band in bands for f in band]:
-        wave = world.ToneSample(None, "buzzy", freq, 0.4, seconds=1.0).wave()
+        wave = world.ToneSample(None, "buzzy", freq, 0.4, seconds=1.0, phase=0.3).wave()
+        rate, share = _loudness_rhythm(wave)
+        assert abs(rate - world.BUZZ_HZ) < 1.0 and share > 0.5, (freq, rate, share)
         found = _partials(wave)
-        assert len(found) == 2 and abs(found[0] - freq) < 2 and abs(found[1] - 3 * freq) < 2, (freq, found)
-        assert len(_partials(world.ToneSample(None, "pure", freq, 0.4, seconds=1.0).wave())) == 1
+        assert all(abs(f - freq) <= 5 * world.BUZZ_HZ for f in found), (freq, found)
+        assert min(abs(f - freq) for f in found) < 2, (freq, found)
+        pure = world.ToneSample(None, "pure", freq, 0.4, seconds=1.0).wave()
+        rms = np.sqrt((pure[400:-400].reshape(-1, 400) ** 2).mean(1))  # 25-ms frames, past the fades
+        assert len(_partials(pure)) == 1 and rms.std() < 0.05 * rms.mean()
 
 
 def test_the_audio_decoders_hear_every_timbre_at_pitches_no_caption_names():
@@ -403,15 +422,19 @@ def test_partial_captions_are_positives_for_every_item_with_their_attributes():
 
 
 def test_the_attribute_code_makes_a_captions_target_the_sum_of_its_attributes():
-    from weights.nano.decoders import ATTRIBUTE_CODE, code_target
+    from weights.nano.decoders import ATTRIBUTE_CODE, PITCH_CODE_WEIGHT, code_target
 
     assert list(ATTRIBUTE_CODE) == [*world.PITCHES, *world.TIMBRES, *world.REGISTERS]
-    basis = torch.stack(list(ATTRIBUTE_CODE.values()))  # (9, D)
-    assert basis.shape == (9, config.CONDITION_DIM)
-    torch.testing.assert_close(basis @ basis.T, torch.eye(9), atol=1e-5, rtol=0)  # orthonormal
+    k = len(world.PITCHES) + len(world.TIMBRES) + len(world.REGISTERS)
+    basis = torch.stack(list(ATTRIBUTE_CODE.values()))  # (k, D)
+    assert basis.shape == (k, config.CONDITION_DIM)
+    torch.testing.assert_close(basis @ basis.T, torch.eye(k), atol=1e-5, rtol=0)  # orthonormal
     both, low, beeping = code_target({"low", "beeping"}), code_target({"low"}), code_target({"beeping"})
-    torch.testing.assert_close(both, (low + beeping) / 2 ** 0.5)
-    assert abs(float(both @ code_target({"low", "buzzy"})) - 0.5) < 1e-5  # one attribute shared
+    w = PITCH_CODE_WEIGHT  # a pitch's direction weighs w against a timbre's 1
+    torch.testing.assert_close(both, (w * low + beeping) / (w ** 2 + 1) ** 0.5)
+    assert abs(float(both @ code_target({"low", "buzzy"})) - w ** 2 / (w ** 2 + 1)) < 1e-5  # pitch shared
+    assert abs(float(both @ code_target({"high", "beeping"})) - 1 / (w ** 2 + 1)) < 1e-5  # timbre shared
+    assert float(both @ low) > float(both @ beeping)  # nearer its pitch
     assert abs(float(both @ code_target({"high", "pure"}))) < 1e-5  # none shared
 
 

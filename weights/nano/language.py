@@ -38,6 +38,7 @@ from models.prompt import build_segments, splice_embeddings
 from models.signals import MODALITIES
 
 from . import config, dialogue, world
+from .analogy import SignalMemory, analogy_loss, composed_tones
 from .common import Context, train_loop
 from .config import Budget
 from .decoders import caption_conditioning
@@ -140,6 +141,16 @@ def build_bank(ctx: Context) -> Bank:
 # Play requests naming a timbre alone, of all play requests in `align_output` and `instruct`
 # (docs/nano-history.md, session 18: without them the projection landed high buzzy off its code).
 TIMBRE_REQUESTS = 0.2
+# The weight of `analogy.analogy_loss` in `align_output` and `instruct`: the output projection fed
+# h_a + h_b - h_c of seen requests that make a parallelogram with a seen d, against d's target, so
+# that it maps sums of signal states as it maps states (a held-out request's states are, to 1-3%,
+# the sum of its attributes'). Session 21: held-out sound answers and played pitch from below
+# 90% to 94% and 100%, with COMPOSED_TONES (docs/nano-history.md).
+ANALOGY = 1.0
+# The share of bank tones, in conversations about sounds, that are composed ImageBind embeddings
+# e_a + e_b - e_c of seen pairs, captioned as the seen pair d they compose to: the input projection
+# learns to read sums of embeddings, as a held-out tone's embedding nearly is (session 21).
+COMPOSED_TONES = 0.2
 
 
 class BankDialogues(Dialogues):
@@ -148,12 +159,19 @@ class BankDialogues(Dialogues):
     def __init__(self, bank: Bank):
         super().__init__(held_out=False, timbre_requests=TIMBRE_REQUESTS)
         self.bank = bank
+        self.composed, rows = composed_tones(bank.items["audio"], bank.embeds["audio"], 400)
+        start = len(bank.items["audio"])
+        bank.items["audio"] = bank.items["audio"] + self.composed
+        bank.embeds["audio"] = torch.cat([bank.embeds["audio"], rows])
+        bank.index["audio"].update({s: start + k for k, s in enumerate(self.composed)})
 
     def shape(self, rng):
         return rng.choice(self.bank.items["image"])
 
     def tone(self, rng):
-        return rng.choice(self.bank.items["audio"])
+        if rng.random() < COMPOSED_TONES:
+            return rng.choice(self.composed)
+        return rng.choice(self.bank.items["audio"][:len(self.bank.items["audio"]) - len(self.composed)])
 
     def video(self, rng):
         return rng.choice(self.bank.items["video"])
@@ -342,6 +360,16 @@ def generation(rng: random.Random, d: Dialogues) -> Conversation:
     return d.single(rng, rng.choice(("draw", "play", "animate")))
 
 
+def analogy_term(memory: SignalMemory, llm, projections, targets: Targets, examples, hidden) -> torch.Tensor:
+    """`analogy.analogy_loss` after this step's signal states (B, T, H) join the memory of seen
+    requests (one state per caption, the latest)."""
+    for k, e in enumerate(examples):
+        if e.gen:
+            memory.add(e.gen[0], e.gen[1], hidden[k, e.gen[2]:e.gen[2] + len(llm.signal_ids[e.gen[0]])])
+    embeds = {m: llm.embed_ids(torch.tensor([llm.signal_ids[m]])).detach() for m in MODALITIES}
+    return analogy_loss(memory, projections, embeds, targets)
+
+
 def _tune(ctx: Context, stage: str, state_from: str, groups_of, conversation, lr: float) -> dict:
     """Train the parameter groups `groups_of(llm, projections)` on `conversation(rng, dialogues)`
     with the LM loss on the last answer plus the output projections' MSE."""
@@ -358,12 +386,15 @@ def _tune(ctx: Context, stage: str, state_from: str, groups_of, conversation, lr
     projections.train()
     targets = Targets(ctx)
     batcher, d, n = Batcher(llm, bank), BankDialogues(bank), ctx.batch(stage)
+    memory = SignalMemory(ctx.seed)
 
     def step(i):
         examples = [batcher.example(conversation(rng, d)) for _ in range(n)]
         lm_loss, hidden = batcher.forward(examples)
         mse = projection_loss(batcher, projections, targets, examples, hidden)
-        return {"loss": lm_loss + mse, "lm": lm_loss.detach(), "mse": mse.detach()}
+        analogy = analogy_term(memory, llm, projections, targets, examples, hidden)
+        return {"loss": lm_loss + mse + ANALOGY * analogy, "lm": lm_loss.detach(), "mse": mse.detach(),
+                "analogy": analogy.detach()}
 
     info = train_loop(stage, ctx, None, step, lr=lr, param_groups=groups,
                       modules={"llm": llm, "projections": projections}, rng=rng)

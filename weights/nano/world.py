@@ -33,24 +33,35 @@ PAINTS = {**COLOURS, **UNNAMED_PAINTS}
 SHAPES = ("circle", "square", "triangle")
 # The fraction of its bounding box each shape fills: how the eval tells shapes apart.
 FILL_RATIO = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
-PITCHES = {"low": (200.0, 320.0), "medium": (550.0, 850.0), "high": (1700.0, 2600.0)}  # Hz
+# "high" ends at 2.2 kHz so that an unnamed band (2.4-3.4 kHz) shares the encoder's patch row
+# with it (its fbank rows are cut 16 at a time: about 1.8-2.7 kHz is one row). Up to session 18
+# "high" (1.7-2.6 kHz) filled that row alone, so no buzzy tone was ever heard in the row a
+# held-out high buzzy tone lies in, and the towers, which tie what they hear to its row, heard it
+# as pure (docs/nano-history.md, sessions 15 and 19).
+PITCHES = {"low": (200.0, 320.0), "medium": (550.0, 850.0), "high": (1700.0, 2200.0)}  # Hz
 # Pitch bands no caption names (below, between and above the named ones). The encoder hears every
 # timbre in them, captioned by its timbre alone, so that its timbre features cannot lean on the
 # pitches each timbre was heard at (the held-out pitch/timbre pairs depend on that).
-UNNAMED_PITCHES = ((120.0, 170.0), (360.0, 480.0), (950.0, 1650.0))  # Hz
+UNNAMED_PITCHES = ((120.0, 170.0), (360.0, 480.0), (950.0, 1650.0), (2400.0, 3400.0))  # Hz
 # What the audio decoder's captions (and nothing else) call those bands: the UNet plays every
 # timbre at every register, pitch and timbre uncorrelated as they are not in the named bands, and
 # composes a held-out pair better (docs/nano-history.md, session 18). The language stages never
 # say these words; the encoder hears unnamed tones captioned by timbre alone.
-REGISTERS = ("bass", "tenor", "treble")
+REGISTERS = ("bass", "tenor", "treble", "whistle")
 PITCH_EDGES = (420.0, 1300.0)  # spectral-peak thresholds between low | medium | high
 TIMBRES = ("pure", "buzzy", "beeping")
-# A buzzy tone is its fundamental plus the third harmonic at this amplitude, and nothing more, at
-# every pitch: the highest tones (2.6 kHz) have room below Nyquist for the third harmonic only, so
-# a timbre with more partials (up to the seventh below 7.5 kHz, until session 13) changed with the
-# pitch, and held-out high buzzy tones had two partials where every buzzy tone heard in training
-# had four. (The encoder still hears them as pure: weights/nano/README.md, "Held-out tones".)
-BUZZY_THIRD = 0.45
+# A buzzy tone pulses: its loudness rises from silence and falls back BUZZ_HZ times a second, in
+# short smooth bursts (a raised cosine to the power BUZZ_SHARPNESS), with nothing outside its own
+# band, at every pitch. Until session 19 buzzy was the fundamental plus its third harmonic: the
+# encoder's patches are tied to their place, a held-out high buzzy tone's third harmonic lay where
+# no training tone ever had a partial, and it was heard as pure (docs/nano-history.md). A pattern
+# in time in the tone's own band is read by the same stem kernel at every pitch: session 11's 8 Hz
+# swell was heard at its held-out pitch 94% of the time, session 15's shallow 20 Hz flutter (a
+# ripple a third as deep in the encoder's fbank) 2 times in 12. Sharp bursts deepen the ripple
+# (fbank std 0.27 -> 0.72) without the broadband clicks of a hard gate; 8 a second stays slow
+# enough for the audio decoder's 64 ms mel window to see it.
+BUZZ_HZ = 8.0
+BUZZ_SHARPNESS = 4
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 
 # Combinations no training stage ever sees (images and videos share the colour/shape ones).
@@ -211,8 +222,8 @@ class ToneSample:
         n = int(round(self.seconds * SAMPLE_RATE))
         t = np.arange(n) / SAMPLE_RATE
         w = np.sin(2 * np.pi * self.freq * t + self.phase)
-        if self.timbre == "buzzy":  # the same partials at every pitch: see BUZZY_THIRD
-            w = (w + BUZZY_THIRD * np.sin(2 * np.pi * 3 * self.freq * t + 3 * self.phase)) / (1 + BUZZY_THIRD)
+        if self.timbre == "buzzy":  # pulses in its own band at every pitch: see BUZZ_HZ
+            w = w * (0.5 - 0.5 * np.cos(2 * np.pi * BUZZ_HZ * t)) ** BUZZ_SHARPNESS
         if self.timbre == "beeping":  # 4 beeps a second
             gate = ((t * 4.0) % 1.0) < 0.5
             ramp = np.convolve(gate.astype(float), np.ones(80) / 80, mode="same")
