@@ -159,9 +159,10 @@ class BankDialogues(Dialogues):
     def __init__(self, bank: Bank):
         super().__init__(held_out=False, timbre_requests=TIMBRE_REQUESTS)
         self.bank = bank
-        self.composed, rows = composed_tones(bank.items["audio"], bank.embeds["audio"], 400)
-        start = len(bank.items["audio"])
-        bank.items["audio"] = bank.items["audio"] + self.composed
+        self.heard = bank.items["audio"]  # the bank's played tones, before the composed ones join it
+        self.composed, rows = composed_tones(self.heard, bank.embeds["audio"], 400)
+        start = len(self.heard)
+        bank.items["audio"] = self.heard + self.composed
         bank.embeds["audio"] = torch.cat([bank.embeds["audio"], rows])
         bank.index["audio"].update({s: start + k for k, s in enumerate(self.composed)})
 
@@ -171,7 +172,7 @@ class BankDialogues(Dialogues):
     def tone(self, rng):
         if rng.random() < COMPOSED_TONES:
             return rng.choice(self.composed)
-        return rng.choice(self.bank.items["audio"][:len(self.bank.items["audio"]) - len(self.composed)])
+        return rng.choice(self.heard)
 
     def video(self, rng):
         return rng.choice(self.bank.items["video"])
