@@ -231,6 +231,38 @@ def test_decoder_stages_can_be_taken_from_an_assembled_model(tmp_path):
         assert (tmp_path / f"{kind}_vae" / "config.json").is_file()
 
 
+def test_the_encoder_and_base_llm_can_be_taken_from_an_assembled_model(tmp_path):
+    """`--encoder-from`: NExT-GPT's stages re-run on the very ImageBind and LLM a model ships, in
+    fp32, exact to its fp16 values; the language stages load them as they load trained ones."""
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    from models.encoder import ImageBindEncoder
+    from weights.nano import train
+    from weights.nano.common import Context
+
+    model = train.DEFAULT_OUT
+    ctx = Context(work=tmp_path)
+    logs: list[str] = []
+    train.seed_encoder(ctx, model, logs.append)
+    assert ctx.done("imagebind") and ctx.done("llm") and not ctx.done("align_input")
+    assert ctx.info("imagebind")["seeded_from"] == str(model) and ctx.info("imagebind")["seconds"] > 0
+    src = load_file(str(model / "imagebind" / "model.safetensors"))
+    got = load_file(str(tmp_path / "imagebind" / "model.safetensors"))
+    assert src.keys() == got.keys()
+    assert all(got[k].dtype == torch.float32 and torch.equal(got[k].half(), src[k]) for k in src)
+    ImageBindEncoder.from_pretrained(tmp_path / "imagebind")  # what align_input's bank loads
+    shipped = LlamaForCausalLM.from_pretrained(str(model / "llm"), dtype=torch.float16).state_dict()
+    seeded = LlamaForCausalLM.from_pretrained(str(tmp_path / "llm")).state_dict()
+    assert all(seeded[k].dtype == torch.float32 and torch.equal(seeded[k].half(), v) for k, v in shipped.items())
+    assert any("imagebind, llm" in line for line in logs)
+    # a later call on the same work dir keeps what was re-trained there since (here: a marker edited)
+    ctx.mark_done("llm", {"seconds": 1.0, "steps": 1})
+    train.run(work=tmp_path, out=tmp_path / "model", stages=["tokenizers"], quick=0.001, threads=1,
+              encoder_from=model, log=logs.append)
+    assert "seeded_from" not in ctx.info("llm") and any("not taken again" in line for line in logs)
+
+
 def test_the_motion_stage_reads_the_direction_word_wherever_it_falls():
     """Two-piece colours and shapes ("pur ple", "cir cle") move the direction word: the classifier
     reads it, and the end token, from where the end token is."""

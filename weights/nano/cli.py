@@ -23,6 +23,10 @@ def register(subparsers) -> None:
     p.add_argument("--decoders-from", type=Path, default=None, metavar="MODEL_DIR",
                    help="take the decoder stages (vocoder, VAEs, UNets: the first 2-4 hours) from this assembled "
                         "model directory, e.g. the committed nano, and train only ImageBind and NExT-GPT's stages")
+    p.add_argument("--encoder-from", type=Path, default=None, metavar="MODEL_DIR",
+                   help="take ImageBind's towers and the base LLM from this assembled model directory, so that "
+                        "NExT-GPT's stages re-run on the encoder it ships (imagebind re-trained on another CPU "
+                        "kind is another encoder)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", type=float, default=None, metavar="F",
                    help="scale every stage's steps by F (e.g. 0.01: a smoke run of the whole chain)")
@@ -37,7 +41,8 @@ def _main(args: argparse.Namespace) -> int:
     if stages and "assemble" not in stages and set(stages) >= set(ORDER):
         stages = stages + ["assemble"]
     run(work=args.work, out=args.out, stages=stages, seed=args.seed, quick=args.quick, threads=args.threads,
-        redo=args.redo, decoders_from=args.decoders_from)
+        redo=args.redo, decoders_from=args.decoders_from,
+        encoder_from=args.encoder_from)
     return 0
 
 

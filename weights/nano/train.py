@@ -54,19 +54,26 @@ def _closure(names: list[str]) -> list[str]:
 
 
 DECODER_STAGES = ("vocoder", "image_vae", "image_unet", "audio_vae", "audio_unet", "video_unet", "video_motion")
+ENCODER_STAGES = (encoder.STAGE, "llm")  # the frozen parts NExT-GPT's stages read
+
+
+def _mark_seeded(ctx: Context, stages: tuple[str, ...], model_dir: Path, log: Callable[[str], None]) -> None:
+    """DONE markers for stages taken from a model: the seconds its training recorded, and where from."""
+    recorded = json.loads((model_dir / "training.json").read_text())["seconds"]
+    for stage in stages:
+        ctx.mark_done(stage, {"seconds": recorded.get(stage), "steps": ctx.steps(stage), "seeded_from": str(model_dir)})
+    log(f"[seed] stages taken from {model_dir}: {', '.join(stages)}")
 
 
 def seed_decoders(ctx: Context, model_dir: Path, log: Callable[[str], None] = print) -> None:
     """Take the decoder stages' results from an assembled model directory instead of training them
     (they are the chain's first 2-4 hours), so that the encoder and NExT-GPT's stages can be
-    re-trained on their own. The pipelines go back to fp32; their DONE markers keep the recorded
-    seconds and say where they came from."""
+    re-trained on their own. The pipelines go back to fp32."""
     import torch
 
     from models.decoders import load_pipeline
 
     model_dir = Path(model_dir)
-    recorded = json.loads((model_dir / "training.json").read_text())["seconds"]
     parts = config.nano_config().components
     for kind, stage_dir in config.DECODER_STAGE_DIRS.items():
         pipe = load_pipeline(kind, model_dir / getattr(parts, kind), torch.float32)
@@ -77,16 +84,37 @@ def seed_decoders(ctx: Context, model_dir: Path, log: Callable[[str], None] = pr
             pipe.vae.save_pretrained(str(ctx.dir(f"{kind}_vae")))
         if kind == "video":  # also as `video_unet`'s output, so that `--stage video_motion --redo` can run on it
             pipe.save_pretrained(str(ctx.dir(config.VIDEO_UNET_DIR)))
-    for stage in DECODER_STAGES:
-        ctx.mark_done(stage, {"seconds": recorded.get(stage), "steps": ctx.steps(stage), "seeded_from": str(model_dir)})
-    log(f"[seed] decoder stages taken from {model_dir}: {', '.join(DECODER_STAGES)}")
+    _mark_seeded(ctx, DECODER_STAGES, model_dir, log)
+
+
+def seed_encoder(ctx: Context, model_dir: Path, log: Callable[[str], None] = print) -> None:
+    """Take ImageBind's towers and the base LLM (the frozen parts NExT-GPT's stages read) from an
+    assembled model directory, back in fp32, so that NExT-GPT's stages can be re-run on the very
+    encoder a model ships: `imagebind` re-run on another kind of CPU trains another encoder (its
+    float sums round otherwise), and the language stages' figures move with it. Only the kept
+    towers come back (no `full.safetensors`: `python -m weights.nano.encoder` needs a trained one)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaForCausalLM
+
+    from models.encoder import CONFIG_FILE, WEIGHTS_FILE
+
+    model_dir = Path(model_dir)
+    parts = config.nano_config().components
+    towers = load_file(str(model_dir / parts.encoder / WEIGHTS_FILE))
+    out = ctx.dir(encoder.STAGE)
+    save_file({k: v.float() if v.is_floating_point() else v for k, v in towers.items()}, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(config.IMAGEBIND, indent=2))
+    LlamaForCausalLM.from_pretrained(str(model_dir / parts.llm), dtype=torch.float32).save_pretrained(str(ctx.dir("llm")))
+    _mark_seeded(ctx, ENCODER_STAGES, model_dir, log)
 
 
 def run(work: Path = DEFAULT_WORK, out: Path = DEFAULT_OUT, stages: list[str] | None = None, seed: int = 0,
         quick: float | None = None, threads: int = 2, redo: bool = False, decoders_from: Path | None = None,
-        log: Callable[[str], None] = print) -> Path:
+        encoder_from: Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Train what is not done yet (all stages, or `stages` and what they need), then assemble `out`;
-    with `decoders_from`, the decoder stages come from that model directory."""
+    with `decoders_from` / `encoder_from`, the decoder stages / ImageBind and the base LLM come from
+    that model directory (a `--redo` of one of them still re-trains it)."""
     set_threads(threads)
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
@@ -98,8 +126,14 @@ def run(work: Path = DEFAULT_WORK, out: Path = DEFAULT_OUT, stages: list[str] | 
     marker.write_text(json.dumps(settings))
     budget = Budget() if quick is None else Budget().scaled(quick)
     ctx = Context(work=work, seed=seed, budget=budget, threads=threads, log=log)
-    if decoders_from is not None:
-        seed_decoders(ctx, decoders_from, log)
+    for source, seeded, seed_from in ((decoders_from, DECODER_STAGES, seed_decoders),
+                                      (encoder_from, ENCODER_STAGES, seed_encoder)):
+        if source is None:
+            continue
+        if all(ctx.done(s) for s in seeded):  # a later call on the work dir: keep what it re-trained since
+            log(f"[seed] {', '.join(seeded)} done already: not taken again from {source}")
+        else:
+            seed_from(ctx, source, log)
     wanted = [s for s in (stages or ORDER) if s != "assemble"]
     for name in _closure(wanted):
         if redo and name in wanted:  # from scratch: not from its saved end state
