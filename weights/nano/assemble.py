@@ -11,11 +11,11 @@ from safetensors.torch import load_file, save_file
 
 from models.checkpoint import CHECKPOINT_FILE
 from models.decoders import load_pipeline
-from models.encoder import CONFIG_FILE as ENCODER_CONFIG
 from models.encoder import WEIGHTS_FILE as ENCODER_WEIGHTS
 
 from . import config
 from .common import Context
+from .encoder import STAGE, save_towers
 
 README = """This directory is the `nano` preset of nextgpt-server: NExT-GPT's architecture at small
 sizes, trained on a synthetic world of coloured shapes, tones and moving shapes by
@@ -56,8 +56,7 @@ def assemble(ctx: Context, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".nano-", dir=out.parent))
     try:
         (tmp / parts.encoder).mkdir()
-        save_file(_fp16(load_file(str(work / "imagebind" / ENCODER_WEIGHTS))), str(tmp / parts.encoder / ENCODER_WEIGHTS))
-        (tmp / parts.encoder / ENCODER_CONFIG).write_text(json.dumps(config.IMAGEBIND, indent=2))
+        save_towers(tmp / parts.encoder, _fp16(load_file(str(work / STAGE / ENCODER_WEIGHTS))))
         LlamaForCausalLM.from_pretrained(str(work / "llm"), dtype=torch.float16).save_pretrained(str(tmp / parts.llm))
         AutoTokenizer.from_pretrained(str(work / "tokenizers" / "llama")).save_pretrained(str(tmp / parts.nextgpt))
         save_file(_fp16(load_file(str(work / "instruct" / "state.safetensors"))), str(tmp / parts.nextgpt / CHECKPOINT_FILE))

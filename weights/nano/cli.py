@@ -41,8 +41,7 @@ def _main(args: argparse.Namespace) -> int:
     if stages and "assemble" not in stages and set(stages) >= set(ORDER):
         stages = stages + ["assemble"]
     run(work=args.work, out=args.out, stages=stages, seed=args.seed, quick=args.quick, threads=args.threads,
-        redo=args.redo, decoders_from=args.decoders_from,
-        encoder_from=args.encoder_from)
+        redo=args.redo, decoders_from=args.decoders_from, encoder_from=args.encoder_from)
     return 0
 
 

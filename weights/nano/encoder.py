@@ -162,10 +162,15 @@ def stage_imagebind(ctx: Context) -> dict:
     out = ctx.dir(STAGE)
     state = model.state_dict()
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / "full.safetensors"))
-    kept = {k: v.contiguous() for k, v in state.items() if k.split(".")[1] in KEPT_TOWERS}
-    save_file(kept, str(out / WEIGHTS_FILE))
-    (out / CONFIG_FILE).write_text(json.dumps(config.IMAGEBIND, indent=2))
+    save_towers(out, {k: v for k, v in state.items() if k.split(".")[1] in KEPT_TOWERS})
     return {**info, **zero_shot(model, tok, ctx.rng(STAGE, 1))}
+
+
+def save_towers(out: Path, towers: dict[str, torch.Tensor]) -> None:
+    """The kept towers and nano's ImageBind config, as `ImageBindEncoder.from_pretrained` reads them:
+    what the stage writes, `--encoder-from` takes back and assembly ships (in fp16)."""
+    save_file({k: v.contiguous() for k, v in towers.items()}, str(out / WEIGHTS_FILE))
+    (out / CONFIG_FILE).write_text(json.dumps(config.IMAGEBIND, indent=2))
 
 
 @torch.no_grad()

@@ -94,17 +94,15 @@ def seed_encoder(ctx: Context, model_dir: Path, log: Callable[[str], None] = pri
     float sums round otherwise), and the language stages' figures move with it. Only the kept
     towers come back (no `full.safetensors`: `python -m weights.nano.encoder` needs a trained one)."""
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from transformers import LlamaForCausalLM
 
-    from models.encoder import CONFIG_FILE, WEIGHTS_FILE
+    from models.encoder import WEIGHTS_FILE
 
     model_dir = Path(model_dir)
     parts = config.nano_config().components
     towers = load_file(str(model_dir / parts.encoder / WEIGHTS_FILE))
-    out = ctx.dir(encoder.STAGE)
-    save_file({k: v.float() if v.is_floating_point() else v for k, v in towers.items()}, str(out / WEIGHTS_FILE))
-    (out / CONFIG_FILE).write_text(json.dumps(config.IMAGEBIND, indent=2))
+    encoder.save_towers(ctx.dir(encoder.STAGE), {k: v.float() if v.is_floating_point() else v for k, v in towers.items()})
     LlamaForCausalLM.from_pretrained(str(model_dir / parts.llm), dtype=torch.float32).save_pretrained(str(ctx.dir("llm")))
     _mark_seeded(ctx, ENCODER_STAGES, model_dir, log)
 
