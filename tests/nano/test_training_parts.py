@@ -173,6 +173,26 @@ def test_generation_answers_end_with_a_consecutive_signal_run(tmp_path):
         assert run is not None and run.ok and run.start + len(signal_ids) == len(ids)
 
 
+def test_min_snr_weights_only_the_low_noise_timesteps_down():
+    """`image_unet`'s Min-SNR-gamma loss: each example's MSE times min(SNR, gamma)/SNR, so a gamma
+    above every timestep's SNR is the plain loss, and a small one only lowers it."""
+    from weights.nano import decoders
+
+    torch.manual_seed(0)
+    unet, sched = decoders.image_unet().eval(), decoders.noise_schedule()
+    z, cond = torch.randn(32, 4, 16, 16), torch.randn(32, 77, config.CONDITION_DIM)  # timesteps on both sides of SNR 5
+
+    def loss(gamma):
+        torch.manual_seed(1)  # the same noise and timesteps for every gamma
+        with torch.no_grad():
+            return float(decoders.diffusion_loss(unet, z, sched, snr_gamma=gamma, encoder_hidden_states=cond))
+
+    snr_max = float((sched.alphas_cumprod / (1 - sched.alphas_cumprod)).max())
+    assert loss(snr_max * 2) == pytest.approx(loss(None), rel=1e-5)
+    assert loss(decoders.IMAGE_SNR_GAMMA) < loss(None)
+    assert 0 < loss(1e-3) < loss(decoders.IMAGE_SNR_GAMMA)
+
+
 def test_video_unet_starts_as_the_image_unet_frame_by_frame():
     from weights.nano.decoders import image_unet
     from weights.nano.video import video_unet_from

@@ -31,7 +31,10 @@ from .video import is_temporal, unet_groups, video_batch, video_latents
 DIRECTIONS = list(world.DIRECTIONS)
 WEIGHTS = {"direction": 0.05, "mean": 0.1, "frame_index": 0.05}  # session 6's; larger ones were not tried
 HIGH_NOISE_SHARE = 0.5  # of the diffusion loss's timesteps drawn from the upper half: the motion is set there
-MEAN_T = (800, 1000)  # where the caption's mean clip is the best estimate of the clean one
+# where the caption's mean clip is the best estimate of the clean one; half of each batch is noised
+# into it, so that one UNet pass serves both terms (a second pass on the whole batch, until
+# session 25, cost 3.8 s a step of 450 against about 2.2 s: docs/nano-history.md, sessions 8 and 25)
+MEAN_T = (800, 1000)
 MEAN_CLIPS = 48  # clips averaged per caption
 COSINE_SCALE = 10.0  # the direction classifier's logit scale
 
@@ -112,18 +115,19 @@ def stage_video_motion(ctx: Context) -> dict:
         z = video_latents(vae, x)  # (n, 4, F, h, w)
         captions = drop_captions(rng, captions)
         cond = clip_encode(tokenizer, text, captions)
-        # diffusion loss, timesteps biased high
-        noise, t = torch.randn_like(z), _timesteps(n, HIGH_NOISE_SHARE)
-        diffusion = F.mse_loss(unet(sched.add_noise(z, noise, t), t, encoder_hidden_states=cond).sample, noise)
+        # one UNet pass: the first half of the batch at MEAN_T, the rest at timesteps biased high
+        hi = torch.arange(n) < n // 2
+        noise, t = torch.randn_like(z), torch.where(hi, torch.randint(*MEAN_T, (n,)), _timesteps(n, HIGH_NOISE_SHARE))
+        noisy = sched.add_noise(z, noise, t)
+        pred = unet(noisy, t, encoder_hidden_states=cond).sample  # (n, 4, F, h, w)
+        diffusion = F.mse_loss(pred, noise)
         pooled = torch.cat([features["mid"].mean((-2, -1)), features["up"].mean((-2, -1))], dim=1)  # (n*F, C)
         frames = z.shape[2]
         index = F.cross_entropy(heads.frame_index(pooled), torch.arange(frames).repeat(n))
-        # the caption's mean clip as the clean-clip estimate at high noise
-        t_hi = torch.randint(*MEAN_T, (n,))
-        a = alphas[t_hi].view(-1, 1, 1, 1, 1)
-        noisy = sched.add_noise(z, torch.randn_like(z), t_hi)
-        x0 = (noisy - (1 - a).sqrt() * unet(noisy, t_hi, encoder_hidden_states=cond).sample) / a.sqrt()
-        mean = F.mse_loss(x0, torch.stack([means[c] for c in captions]))
+        # the caption's mean clip as the clean-clip estimate at high noise, from the same pass
+        a = alphas[t[hi]].view(-1, 1, 1, 1, 1)
+        x0 = (noisy[hi] - (1 - a).sqrt() * pred[hi]) / a.sqrt()
+        mean = F.mse_loss(x0, torch.stack([means[c] for c, h in zip(captions, hi) if h]))
         direction = direction_loss(tokenizer, text, heads, rng, n)
         loss = (diffusion + WEIGHTS["direction"] * direction + WEIGHTS["mean"] * mean
                 + WEIGHTS["frame_index"] * index)
