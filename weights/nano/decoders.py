@@ -164,14 +164,13 @@ def diffusion_loss(unet, latents: torch.Tensor, sched: DDPMScheduler, snr_gamma:
     """The noise-prediction MSE at uniform timesteps; with `snr_gamma`, Min-SNR-gamma weighted."""
     noise = torch.randn_like(latents)
     t = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],))
-    noisy = sched.add_noise(latents, noise, t)
+    pred = unet(sched.add_noise(latents, noise, t), t, **cond).sample
     if snr_gamma is None:
-        return F.mse_loss(unet(noisy, t, **cond).sample, noise)
+        return F.mse_loss(pred, noise)
     a = sched.alphas_cumprod[t]
     snr = a / (1 - a)  # (B,)
     weight = snr.clamp(max=snr_gamma) / snr  # (B,) Min-SNR-gamma, for a UNet predicting the noise
-    per_example = (unet(noisy, t, **cond).sample - noise).pow(2).flatten(1).mean(1)  # (B,)
-    return (weight * per_example).mean()
+    return (weight * (pred - noise).pow(2).flatten(1).mean(1)).mean()  # per-example MSE (B,), weighted
 
 
 def _prepare(ctx: Context, stage: str, vae_stage: str, build_text, build_unet):
