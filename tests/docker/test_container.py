@@ -179,6 +179,9 @@ def image(podman_env, base_image, capsys_module):
         # image's ca-certificates.crt (that breaks apt): beside it, and named by PIP_CERT
         cmd += ["-v", f"{cert}:/host-ca.crt:ro", "--build-arg", "PIP_CERT=/host-ca.crt"]
     cmd.append(str(ROOT))
+    # A build that failed part-way (disk full, killed) leaves its builder stage untagged: several GB.
+    prune_builder_stages(podman_env)
+    require_free_disk(podman_env)
     before = image_id(podman_env, IMAGE)
     start = time.monotonic()
     # The dependency stage first, under its own tag, so its layers (minutes to install) stay
@@ -195,8 +198,27 @@ def image(podman_env, base_image, capsys_module):
     # builder stages (the Dockerfiles label them), nothing else: several GB each.
     if before and before != image_id(podman_env, IMAGE):
         podman(podman_env, "rmi", before, check=False)
-    podman(podman_env, "image", "prune", "-f", "--filter", "label=org.nextgpt.stage=builder", check=False)
+    prune_builder_stages(podman_env)
     return IMAGE
+
+
+def prune_builder_stages(env) -> None:
+    podman(env, "image", "prune", "-f", "--filter", "label=org.nextgpt.stage=builder", check=False)
+
+
+# The runtime stage copies the deps stage's venv (about 6.5 GB with PyPI's CUDA torch) into a new
+# layer while the image it replaces still exists: a rebuild took 7 GB at its peak (session 26).
+BUILD_NEEDS_GB = 10
+
+
+def require_free_disk(env) -> None:
+    """Fail before a long build that cannot fit, naming the folder and the space, rather than
+    with podman's exit 125 half-way through."""
+    root = podman(env, "info", "--format", "{{.Store.GraphRoot}}").stdout.strip() or "/var/lib/containers"
+    free_gb = shutil.disk_usage(root).free / 1e9
+    if free_gb < BUILD_NEEDS_GB:
+        pytest.fail(f"{free_gb:.1f} GB free under {root}; building the CPU image needs about "
+                    f"{BUILD_NEEDS_GB} GB (free space: leftover clones, `podman image prune`)")
 
 
 def image_id(env, name: str) -> str | None:
