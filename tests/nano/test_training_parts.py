@@ -436,6 +436,23 @@ def test_imagebind_positions_start_at_the_tokens_scale_and_the_stems_learn_slowl
         assert 0.8 < float(pos.detach().std()) < 1.2
 
 
+def test_the_imagebind_batch_shows_an_image_as_a_clip_of_two_equal_frames():
+    from models import preprocess
+    from weights.nano import encoder
+
+    rng = random.Random(0)
+    shapes = [world.random_shape(rng, world.shape_pairs()) for _ in range(3)]
+    images = [preprocess.image_to_tensor(world.encoder_view(s, rng)) for s in shapes]
+    clips = [encoder.video_clip_tensor(world.random_video(rng, world.shape_pairs()).frames()) for _ in range(2)]
+    batch = encoder.vision_batch(images, clips)
+    assert batch.shape == (5, 1, 3, 2, 224, 224)  # (B, 1 clip, C, T, H, W)
+    for i, image in enumerate(images):
+        assert torch.equal(batch[i, 0, :, 0], image) and torch.equal(batch[i, 0, :, 1], image)
+    for j, clip in enumerate(clips):
+        assert torch.equal(batch[3 + j, 0], clip)
+    assert not torch.equal(clips[0][:, 0], clips[0][:, 1])  # a clip's two frames differ: it moves
+
+
 def test_additive_margins_find_targets_that_compose_from_their_words():
     from weights.nano.diagnose_projection import additive_margins, captions
 
