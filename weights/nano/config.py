@@ -62,8 +62,8 @@ class Budget:
     """Optimiser steps and batch size per stage (full quality)."""
 
     steps: dict[str, int] = field(default_factory=lambda: {
-        "image_vae": 800, "image_unet": 1200, "vocoder": 800, "audio_vae": 400, "audio_unet": 2000,
-        "video_unet": 700, "video_motion": 450, "imagebind": 1800, "llm": 1500, "align_input": 600,
+        "image_vae": 800, "image_unet": 1200, "vocoder": 500, "audio_vae": 400, "audio_unet": 1400,
+        "video_unet": 500, "video_motion": 450, "imagebind": 1800, "llm": 1500, "align_input": 600,
         "align_output": 800, "instruct": 2500,
     })
     batch: dict[str, int] = field(default_factory=lambda: {
