@@ -136,14 +136,38 @@ def _melspec(clip: torch.Tensor) -> torch.Tensor:
 def audio_to_tensor(wave16k: np.ndarray) -> torch.Tensor:
     """(N,) float mono at 16 kHz -> (3, 1, 128, 204): 3 clips of 2 s spread over the sound,
     kaldi fbank each, normalised (x + 4.268) / 9.138."""
-    wave = torch.from_numpy(np.array(wave16k, dtype=np.float32, copy=True)).reshape(1, -1)  # (1, N)
+    wave = _wave_tensor(wave16k)
+    return torch.stack([_clip_fbank(wave, span) for span in audio_clip_spans(wave.size(1))], dim=0)
+
+
+def distinct_audio_clips(wave16k: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The distinct clips of `audio_to_tensor` (K, 1, 128, 204), K <= 3, and how many of its 3
+    clips each is (K,): a sound of 2 s or less is one clip three times (to float rounding: the
+    repeats subtract their already removed mean again, see `_melspec`), and ImageBind's audio
+    embedding, the mean over the clips, is then that clip's."""
+    wave = _wave_tensor(wave16k)
+    spans = audio_clip_spans(wave.size(1))
+    distinct = list(dict.fromkeys(spans))
+    return (torch.stack([_clip_fbank(wave, span) for span in distinct], dim=0),
+            torch.tensor([spans.count(span) for span in distinct]))
+
+
+def audio_clip_spans(n_samples: int) -> list[tuple[int, int]]:
+    """The sample spans [start, end) of the 3 clips of 2 s over a sound of `n_samples` at 16 kHz."""
+    return [(int(start * SAMPLE_RATE), int(end * SAMPLE_RATE))
+            for start, end in clip_times(n_samples / SAMPLE_RATE, AUDIO_CLIP_SECONDS, AUDIO_CLIPS)]
+
+
+def _wave_tensor(wave16k: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(wave16k, dtype=np.float32, copy=True)).reshape(1, -1)  # (1, N)
+
+
+def _clip_fbank(wave: torch.Tensor, span: tuple[int, int]) -> torch.Tensor:
+    """One clip's normalised fbank (1, 128, 204)."""
+    clip = wave[:, span[0]:span[1]]  # a view, on purpose
     mean = torch.as_tensor(AUDIO_MEAN, dtype=torch.float32)
     std = torch.as_tensor(AUDIO_STD, dtype=torch.float32)
-    specs = []
-    for start, end in clip_times(wave.size(1) / SAMPLE_RATE, AUDIO_CLIP_SECONDS, AUDIO_CLIPS):
-        clip = wave[:, int(start * SAMPLE_RATE):int(end * SAMPLE_RATE)]  # a view, on purpose
-        specs.append(_melspec(clip))
-    return torch.stack([s.sub_(mean).div_(std) for s in specs], dim=0)  # (3, 1, 128, 204)
+    return _melspec(clip).sub_(mean).div_(std)
 
 
 # ---------------------------------------------------------------------------------- video

@@ -453,6 +453,34 @@ def test_the_imagebind_batch_shows_an_image_as_a_clip_of_two_equal_frames():
     assert not torch.equal(clips[0][:, 0], clips[0][:, 1])  # a clip's two frames differ: it moves
 
 
+def test_the_imagebind_stage_draws_only_the_end_frames_and_flips_them_for_a_clip_played_backwards():
+    from weights.nano import encoder
+
+    video = world.random_video(random.Random(1), world.shape_pairs())
+    frames = video.frames(size=64)
+    assert np.array_equal(video.end_frames(size=64), frames[[0, -1]])
+    clips = encoder.video_clip_tensors([video.end_frames(size=64)], reversed_first=1)
+    assert torch.equal(clips[0], encoder.video_clip_tensor(frames))
+    assert torch.equal(clips[1], encoder.video_clip_tensor(frames[::-1].copy()))
+
+
+def test_the_imagebind_stage_runs_each_distinct_audio_clip_once_and_gets_the_models_embedding():
+    from models import preprocess
+    from weights.nano import encoder
+
+    rng = random.Random(2)
+    tones = [world.random_tone(rng, world.tone_pairs(), seconds=s) for s in (1.024, 2.0, 2.4)]
+    waves = [t.wave() for t in tones]
+    assert [len(preprocess.distinct_audio_clips(w)[0]) for w in waves] == [1, 1, 3]
+    torch.manual_seed(0)
+    model = encoder.build().eval()
+    with torch.no_grad():
+        ours = encoder.audio_embeddings(model, waves)
+        stock = model({"audio": torch.stack([preprocess.audio_to_tensor(w) for w in waves])})["audio"]
+    assert ours.shape == stock.shape == (3, config.IMAGEBIND["out_embed_dim"])
+    torch.testing.assert_close(ours, stock, rtol=1e-4, atol=1e-4)
+
+
 def test_additive_margins_find_targets_that_compose_from_their_words():
     from weights.nano.diagnose_projection import additive_margins, captions
 
@@ -553,3 +581,31 @@ def test_the_audio_unet_stage_saves_a_stock_pipeline(tmp_path):
     out = AudioLDMPipeline.from_pretrained(str(tmp_path / config.DECODER_STAGE_DIRS["audio"]))
     assert out.text_encoder.state_dict().keys() == start.text_encoder.state_dict().keys()
     assert out.unet.state_dict().keys() == start.unet.state_dict().keys()
+
+
+def test_a_language_batch_run_in_length_groups_gives_the_states_and_loss_of_one_padded_pass(tiny_dir, monkeypatch):
+    from models.config import ModelConfig
+    from models.llm import LanguageModel, LoraSettings
+    from weights.nano import language
+
+    cfg = ModelConfig.load(tiny_dir)
+    llm = LanguageModel.from_pretrained(tiny_dir / "llm", tiny_dir / "nextgpt", cfg.media_dim,
+                                        LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha)).eval()
+    g = torch.Generator().manual_seed(0)
+    hidden_size, vocab = llm.lm.config.hidden_size, llm.lm.config.vocab_size
+    examples = []
+    for t in (5, 17, 9, 30, 12, 3, 21):
+        prompt = t // 2
+        answer = torch.randint(0, vocab, (t - prompt,), generator=g).tolist()
+        examples.append(language.Example(torch.randn(t, hidden_size, generator=g), [-100] * prompt + answer, None))
+    batcher = language.Batcher(llm, bank=None)
+    monkeypatch.setattr(language, "LENGTH_GROUPS", 1)
+    with torch.no_grad():
+        loss_one, states_one = batcher.forward(examples)
+        monkeypatch.setattr(language, "LENGTH_GROUPS", 3)
+        loss_grouped, states_grouped = batcher.forward(examples)
+    assert states_grouped.shape == states_one.shape == (7, 30, hidden_size)
+    torch.testing.assert_close(loss_grouped, loss_one)
+    for k, e in enumerate(examples):  # the caller's order, each example's own positions alike
+        t = e.embeds.shape[0]
+        torch.testing.assert_close(states_grouped[k, :t], states_one[k, :t], rtol=1e-4, atol=1e-5)

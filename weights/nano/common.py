@@ -156,7 +156,7 @@ def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[in
     groups = param_groups or [{"params": params}]
     for g in groups:
         g.setdefault("lr_scale", 1.0)
-    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas)
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas, foreach=True)
     total = ctx.steps(stage)
     smooth, start, before = None, 0, 0.0
     ckpt, final = ctx.dir(stage) / CHECKPOINT, ctx.dir(stage) / FINAL

@@ -170,8 +170,16 @@ class VideoSample:
 
     def frames(self, size: int = IMAGE_SIZE, frames: int = VIDEO_FRAMES) -> np.ndarray:
         """(F, H, W, 3) uint8."""
-        return np.stack([np.asarray(render(self.shape, self.colour, x, y, self.half, size))
-                         for x, y in self.centres(frames)])
+        return self._render(size, self.centres(frames))
+
+    def end_frames(self, size: int = IMAGE_SIZE) -> np.ndarray:
+        """(2, H, W, 3) uint8: the first and last of `frames`, all that ImageBind's 2-frame clip of
+        a short video shows, without drawing the six between."""
+        centres = self.centres()
+        return self._render(size, [centres[0], centres[-1]])
+
+    def _render(self, size: int, centres: list[tuple[float, float]]) -> np.ndarray:
+        return np.stack([np.asarray(render(self.shape, self.colour, x, y, self.half, size)) for x, y in centres])
 
 
 def unnamed_pairs() -> list[tuple[str, str]]:
