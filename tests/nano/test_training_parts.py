@@ -582,30 +582,3 @@ def test_the_audio_unet_stage_saves_a_stock_pipeline(tmp_path):
     assert out.text_encoder.state_dict().keys() == start.text_encoder.state_dict().keys()
     assert out.unet.state_dict().keys() == start.unet.state_dict().keys()
 
-
-def test_a_language_batch_run_in_length_groups_gives_the_states_and_loss_of_one_padded_pass(tiny_dir, monkeypatch):
-    from models.config import ModelConfig
-    from models.llm import LanguageModel, LoraSettings
-    from weights.nano import language
-
-    cfg = ModelConfig.load(tiny_dir)
-    llm = LanguageModel.from_pretrained(tiny_dir / "llm", tiny_dir / "nextgpt", cfg.media_dim,
-                                        LoraSettings(r=cfg.lora.r, alpha=cfg.lora.alpha)).eval()
-    g = torch.Generator().manual_seed(0)
-    hidden_size, vocab = llm.lm.config.hidden_size, llm.lm.config.vocab_size
-    examples = []
-    for t in (5, 17, 9, 30, 12, 3, 21):
-        prompt = t // 2
-        answer = torch.randint(0, vocab, (t - prompt,), generator=g).tolist()
-        examples.append(language.Example(torch.randn(t, hidden_size, generator=g), [-100] * prompt + answer, None))
-    batcher = language.Batcher(llm, bank=None)
-    monkeypatch.setattr(language, "LENGTH_GROUPS", 1)
-    with torch.no_grad():
-        loss_one, states_one = batcher.forward(examples)
-        monkeypatch.setattr(language, "LENGTH_GROUPS", 3)
-        loss_grouped, states_grouped = batcher.forward(examples)
-    assert states_grouped.shape == states_one.shape == (7, 30, hidden_size)
-    torch.testing.assert_close(loss_grouped, loss_one)
-    for k, e in enumerate(examples):  # the caller's order, each example's own positions alike
-        t = e.embeds.shape[0]
-        torch.testing.assert_close(states_grouped[k, :t], states_one[k, :t], rtol=1e-4, atol=1e-5)

@@ -45,10 +45,6 @@ from .decoders import caption_conditioning
 from .dialogue import Conversation, Dialogues
 
 STATE = "state.safetensors"
-# Passes per language-stage batch, over examples sorted by length (`Batcher.forward`). Padded to
-# its longest, an `instruct` batch is 47% padding; in two passes 27% of the positions it ran go
-# (an LM step 0.20 -> 0.16 s here); four save more positions (38%) but ran no faster (0.17-0.19 s)
-LENGTH_GROUPS = 2
 
 
 # ----------------------------------------------------------------------------------- the Vicuna stand-in
@@ -273,43 +269,24 @@ class Batcher:
         return Example(embeds, labels, gen)
 
     def forward(self, examples: list[Example]):
-        """-> (LM loss, last-layer post-norm hidden states (B, T, H); past an example's end, never read).
-
-        The batch runs as `LENGTH_GROUPS` passes over examples of similar length, each padded to
-        its own longest: padded to the batch's longest, about half of an `instruct` batch was
-        padding. Padding sits after an example's tokens, where the causal mask hides it, so each
-        example's states and the loss (the mean over every answer token of the batch) are those of
-        one padded pass."""
-        order = sorted(range(len(examples)), key=lambda k: examples[k].embeds.shape[0])
-        size = -(-len(order) // LENGTH_GROUPS)
-        width, hidden_size = examples[order[-1]].embeds.shape
-        hidden = examples[0].embeds.new_zeros(len(examples), width, hidden_size)
-        loss_sum, answer_tokens = 0.0, 0
-        for start in range(0, len(order), size):
-            group = order[start:start + size]
-            x, mask, labels = pad_examples([examples[k] for k in group])
-            h = self.llm.lm.model(inputs_embeds=x, attention_mask=mask).last_hidden_state  # after the final RMSNorm
-            logits = self.llm.lm.lm_head(h)  # (b, t, V)
-            targets = labels[:, 1:].reshape(-1)
-            loss_sum = loss_sum + F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), targets,
-                                                  ignore_index=-100, reduction="sum")
-            answer_tokens += int((targets != -100).sum())
-            hidden[group, :h.shape[1]] = h
-        return loss_sum / answer_tokens, hidden
-
-
-def pad_examples(examples: list[Example]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """-> inputs (b, t, H) zero-padded after each example, attention mask (b, t), labels (b, t)."""
-    width = max(e.embeds.shape[0] for e in examples)
-    mask = torch.zeros(len(examples), width, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
-    rows = []
-    for k, e in enumerate(examples):
-        t = e.embeds.shape[0]
-        rows.append(F.pad(e.embeds, (0, 0, 0, width - t)))
-        mask[k, :t] = 1
-        labels[k, :t] = torch.tensor(e.labels)
-    return torch.stack(rows), mask, labels
+        """-> (LM loss, last-layer post-norm hidden states (B, T, H))."""
+        n, width = len(examples), max(e.embeds.shape[0] for e in examples)
+        hidden_size = examples[0].embeds.shape[1]
+        x = torch.zeros(n, width, hidden_size)
+        mask = torch.zeros(n, width, dtype=torch.long)
+        labels = torch.full((n, width), -100, dtype=torch.long)
+        rows = []
+        for k, e in enumerate(examples):
+            t = e.embeds.shape[0]
+            rows.append(F.pad(e.embeds, (0, 0, 0, width - t)))
+            mask[k, :t] = 1
+            labels[k, :t] = torch.tensor(e.labels)
+        x = torch.stack(rows)
+        lm = self.llm.lm
+        hidden = lm.model(inputs_embeds=x, attention_mask=mask).last_hidden_state  # after the final RMSNorm
+        logits = lm.lm_head(hidden)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        return loss, hidden
 
 
 def projection_loss(batcher: Batcher, projections, targets: Targets, examples: list[Example],
