@@ -156,6 +156,8 @@ def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[in
     groups = param_groups or [{"params": params}]
     for g in groups:
         g.setdefault("lr_scale", 1.0)
+    # foreach: one kernel call per step over all tensors, not a Python loop over them (CPU's default);
+    # the same arithmetic: a vocoder stage's weights came out byte-identical
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, betas=betas, foreach=True)
     total = ctx.steps(stage)
     smooth, start, before = None, 0, 0.0
