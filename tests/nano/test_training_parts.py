@@ -581,4 +581,3 @@ def test_the_audio_unet_stage_saves_a_stock_pipeline(tmp_path):
     out = AudioLDMPipeline.from_pretrained(str(tmp_path / config.DECODER_STAGE_DIRS["audio"]))
     assert out.text_encoder.state_dict().keys() == start.text_encoder.state_dict().keys()
     assert out.unet.state_dict().keys() == start.unet.state_dict().keys()
-

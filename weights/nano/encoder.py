@@ -172,7 +172,7 @@ def stage_imagebind(ctx: Context) -> dict:
                 + [tone_captions(t, rng) for t in sounds])
         texts, own, pos = caption_sets(items, caps)
         imgs = [preprocess.image_to_tensor(world.encoder_view(s, rng)) for s in shapes]
-        vision = vision_batch(imgs, video_clip_tensors([f for _, f in views], len(videos) - n))
+        vision = vision_batch(imgs, video_clip_tensors([f for _, f in views], reversed_first=len(videos) - n))
         out = model({"vision": vision, "text": tok(texts)})
         media = F.normalize(torch.cat([out["vision"], audio_embeddings(model, [t.wave() for t in sounds])]), dim=-1)
         txt = F.normalize(out["text"], dim=-1)
