@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .train import DEFAULT_OUT, DEFAULT_WORK, ORDER
+from .train import DEFAULT_JOBS, DEFAULT_OUT, DEFAULT_WORK, ORDER
 
 
 def register(subparsers) -> None:
@@ -31,6 +31,9 @@ def register(subparsers) -> None:
     p.add_argument("--quick", type=float, default=None, metavar="F",
                    help="scale every stage's steps by F (e.g. 0.01: a smoke run of the whole chain)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (1 is faster on a busy machine)")
+    p.add_argument("--jobs", type=int, default=DEFAULT_JOBS,
+                   help=f"stages trained at once, each in a process of its own, where none reads another's "
+                        f"output (default {DEFAULT_JOBS}; the weights are the same as with 1)")
     p.set_defaults(func=_main)
 
 
@@ -41,7 +44,7 @@ def _main(args: argparse.Namespace) -> int:
     if stages and "assemble" not in stages and set(stages) >= set(ORDER):
         stages = stages + ["assemble"]
     run(work=args.work, out=args.out, stages=stages, seed=args.seed, quick=args.quick, threads=args.threads,
-        redo=args.redo, decoders_from=args.decoders_from, encoder_from=args.encoder_from)
+        redo=args.redo, decoders_from=args.decoders_from, encoder_from=args.encoder_from, jobs=args.jobs)
     return 0
 
 

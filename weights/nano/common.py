@@ -18,6 +18,8 @@ from tqdm import tqdm
 from .config import Budget
 
 DONE = "DONE.json"
+PROGRESS = "progress.json"  # {"step", "total"} of a stage under way: what a parallel run's bars show
+PROGRESS_EVERY_S = 2.0
 
 
 @dataclass
@@ -51,6 +53,19 @@ class Context:
 
     def mark_done(self, stage: str, info: dict) -> None:
         (self.dir(stage) / DONE).write_text(json.dumps(info, indent=2))
+
+    def report(self, stage: str, step: int, total: int) -> None:
+        """Where a stage's steps are, for a run that trains it in another process (schedule.py)."""
+        tmp = self.dir(stage) / (PROGRESS + ".tmp")
+        tmp.write_text(json.dumps({"step": step, "total": total}))
+        tmp.replace(self.dir(stage) / PROGRESS)
+
+    def progress(self, stage: str) -> dict:
+        path = self.work / stage / PROGRESS
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # not written yet
+            return {}
 
     def info(self, stage: str) -> dict:
         path = self.work / stage / DONE
@@ -169,7 +184,7 @@ def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[in
         start, smooth, before = _load_checkpoint(final, modules, opt, ema, rng)
         ctx.log(f"[{stage}] extended from step {start} to {total}")
     t0 = time.time() - before
-    last_save = time.time()
+    last_save = last_report = time.time()
     bar = tqdm(range(start, total), desc=stage, dynamic_ncols=True, mininterval=5.0, initial=start, total=total)
     for i in bar:
         for g in opt.param_groups:
@@ -190,10 +205,14 @@ def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[in
             bar.set_postfix(loss=f"{smooth:.4f}", **extra)
         if i % 200 == 0 or i == total - 1:
             ctx.log(f"[{stage}] step {i + 1}/{total} loss {smooth:.4f} {time.time() - t0:.0f}s")
+        if time.time() - last_report > PROGRESS_EVERY_S:
+            ctx.report(stage, i + 1, total)
+            last_report = time.time()
         if modules is not None and time.time() - last_save > CHECKPOINT_EVERY_S and i + 1 < total:
             _save_checkpoint(ckpt, i + 1, smooth, time.time() - t0, modules, opt, ema, rng)
             last_save = time.time()
     if modules is not None:  # kept so that a larger budget can extend the stage later
         _save_checkpoint(final, total, smooth, time.time() - t0, modules, opt, ema, rng)
     ckpt.unlink(missing_ok=True)
+    ctx.report(stage, total, total)
     return {"steps": total, "final_loss": smooth, "seconds": round(time.time() - t0, 1)}
