@@ -46,3 +46,14 @@ def test_a_stage_that_fails_beside_another_stops_the_run_with_the_end_of_its_log
     with pytest.raises(SystemExit, match="stage image_unet failed"):
         train.run(work=tmp_path, stages=["image_unet", "vocoder"], quick=0.001, threads=1, jobs=2,
                   log=lambda s: None)
+
+
+def test_a_stage_waiting_on_others_starts_alone_once_they_are_done(tmp_path):
+    """image_unet reads tokenizers and image_vae: those two start side by side, image_unet after
+    both, alone (its threads may spin), even while the last of them is still exiting."""
+    logs: list[str] = []
+    train.run(work=tmp_path, stages=["image_unet"], quick=0.001, threads=1, jobs=2, log=logs.append)
+    starts = {line.split("]")[0][1:]: line for line in logs if "starting" in line}
+    assert set(starts) == {"tokenizers", "image_vae", "image_unet"}
+    assert "beside" in starts["image_vae"] and "beside" not in starts["image_unet"]
+    assert Context(work=tmp_path).done("image_unet")

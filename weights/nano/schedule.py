@@ -22,7 +22,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .common import Context
+from .common import PROGRESS, Context
 
 POLL_S = 1.0
 LOG = "train.log"  # a stage's own output (its log lines and progress bar), under its directory
@@ -53,12 +53,30 @@ def _launch(ctx: Context, name: str, quick: float | None, side_by_side: bool) ->
     env = dict(os.environ)
     if side_by_side:  # alone, a stage's threads may spin: they have the cores to themselves
         env["OMP_WAIT_POLICY"] = "PASSIVE"
+    (ctx.dir(name) / PROGRESS).unlink(missing_ok=True)  # an earlier run's
     log = (ctx.dir(name) / LOG).open("w")
     process = subprocess.Popen(stage_command(ctx, name, quick), stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()  # the child holds its own handle
     total = ctx.steps(name) if name in ctx.budget.steps else None
     bar = tqdm(total=total, desc=name, dynamic_ncols=True)  # one line per running stage
     return Job(name, process, time.time(), bar)
+
+
+def _finished(ctx: Context, running: dict[str, Job]) -> list[str]:
+    """The running stages whose process has exited, their bars brought up to date; SystemExit
+    (with the end of its log) for one that exited without finishing."""
+    finished = []
+    for name, job in running.items():
+        job.bar.n = ctx.progress(name).get("step", 0)
+        job.bar.refresh()
+        code = job.process.poll()
+        if code is None:
+            continue
+        job.bar.close()
+        if code != 0 or not ctx.done(name):
+            raise SystemExit(_failure(ctx, name, code))
+        finished.append(name)
+    return finished
 
 
 def _failure(ctx: Context, name: str, code: int) -> str:
@@ -74,28 +92,24 @@ def run_side_by_side(ctx: Context, todo: list[str], needs: Callable[[str], tuple
     pending, running, spans, t0 = list(todo), {}, {}, time.time()
     try:
         while pending or running:
-            launch = ready(ctx, pending, needs)[: jobs - len(running)]
-            side_by_side = len(running) + len(launch) > 1
-            for name in launch:
-                pending.remove(name)
-                running[name] = _launch(ctx, name, quick, side_by_side)
-                log(f"[{name}] starting{' beside ' + ', '.join(n for n in running if n != name) if len(running) > 1 else ''}"
-                    f" (its log: {ctx.work / name / LOG})")
-            if not running:
-                raise SystemExit(f"stages {pending} wait for stages that are neither done nor to be run")
-            time.sleep(POLL_S)
-            for name, job in list(running.items()):
-                job.bar.n = ctx.progress(name).get("step", 0)
-                job.bar.refresh()
-                code = job.process.poll()
-                if code is None:
-                    continue
-                job.bar.close()
-                del running[name]
-                if code != 0 or not ctx.done(name):
-                    raise SystemExit(_failure(ctx, name, code))
+            for name in _finished(ctx, running):
+                job = running.pop(name)
                 spans[name] = [round(job.started - t0, 1), round(time.time() - t0, 1)]
                 log(f"[{name}] done in {ctx.info(name).get('seconds')} s ({time.time() - t0:.0f} s into the run)")
+            launch = ready(ctx, pending, needs)[: jobs - len(running)]
+            # a stage whose marker is written is only exiting: it leaves the cores to the new one
+            busy = [n for n in running if not ctx.done(n)]
+            for name in launch:
+                pending.remove(name)
+                running[name] = _launch(ctx, name, quick, side_by_side=len(busy) + len(launch) > 1)
+                beside = [n for n in busy + launch if n != name]
+                log(f"[{name}] starting{' beside ' + ', '.join(beside) if beside else ''} "
+                    f"(its log: {ctx.work / name / LOG})")
+            if not running and pending:
+                raise SystemExit(f"stages {pending} wait for stages that are neither done nor to be run")
+            if not running:
+                break
+            time.sleep(POLL_S)
     finally:
         for job in running.values():
             job.process.terminate()
