@@ -57,3 +57,19 @@ def test_a_stage_waiting_on_others_starts_alone_once_they_are_done(tmp_path):
     assert set(starts) == {"tokenizers", "image_vae", "image_unet"}
     assert "beside" in starts["image_vae"] and "beside" not in starts["image_unet"]
     assert Context(work=tmp_path).done("image_unet")
+
+
+def test_a_stage_extended_side_by_side_is_waited_for_by_the_stages_that_read_it(tmp_path):
+    """image_vae done with fewer steps than the budget asks is extended from its end state; its old
+    marker must not let image_unet start on the VAE before the extension ends."""
+    train.run(work=tmp_path, stages=["image_vae"], quick=0.001, threads=1, jobs=1, log=lambda s: None)
+    ctx = Context(work=tmp_path)
+    ctx.mark_done("image_vae", {**ctx.info("image_vae"), "steps": 1})  # as if the budget had grown
+    logs: list[str] = []
+    # three slots: only the old marker could hold image_unet back from starting at once
+    train.run(work=tmp_path, stages=["image_unet"], quick=0.001, threads=1, jobs=3, log=logs.append)
+    starts = {line.split("]")[0][1:]: line for line in logs if "starting" in line}
+    assert set(starts) == {"tokenizers", "image_vae", "image_unet"}
+    assert "beside image_vae" not in starts["image_unet"]
+    assert ctx.info("image_vae")["steps"] == 2 and ctx.done("image_unet")
+    assert "extended from step" in (tmp_path / "image_vae" / LOG).read_text()

@@ -22,7 +22,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from .common import PROGRESS, Context
+from .common import DONE, PROGRESS, Context
 
 POLL_S = 1.0
 LOG = "train.log"  # a stage's own output (its log lines and progress bar), under its directory
@@ -31,7 +31,6 @@ SCHEDULE = "schedule.json"  # when each stage of the last parallel run started a
 
 @dataclass
 class Job:
-    name: str
     process: subprocess.Popen
     started: float
     bar: tqdm
@@ -53,13 +52,16 @@ def _launch(ctx: Context, name: str, quick: float | None, side_by_side: bool) ->
     env = dict(os.environ)
     if side_by_side:  # alone, a stage's threads may spin: they have the cores to themselves
         env["OMP_WAIT_POLICY"] = "PASSIVE"
-    (ctx.dir(name) / PROGRESS).unlink(missing_ok=True)  # an earlier run's
+    # an earlier run's marker and progress: a stage extended from its end state has a marker
+    # already, and the stages that read it must wait for the new one
+    for stale in (DONE, PROGRESS):
+        (ctx.dir(name) / stale).unlink(missing_ok=True)
     log = (ctx.dir(name) / LOG).open("w")
     process = subprocess.Popen(stage_command(ctx, name, quick), stdout=log, stderr=subprocess.STDOUT, env=env)
     log.close()  # the child holds its own handle
     total = ctx.steps(name) if name in ctx.budget.steps else None
     bar = tqdm(total=total, desc=name, dynamic_ncols=True)  # one line per running stage
-    return Job(name, process, time.time(), bar)
+    return Job(process, time.time(), bar)
 
 
 def _finished(ctx: Context, running: dict[str, Job]) -> list[str]:
