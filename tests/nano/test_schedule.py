@@ -42,10 +42,11 @@ def test_a_stage_that_fails_beside_another_stops_the_run_with_the_end_of_its_log
                   log=lambda s: None)
     assert str(tmp_path / "image_unet" / LOG) in str(failed.value)
     assert not ctx.done("image_unet")
-    # the next run goes on where this one stopped: image_unet still to train, and still failing
-    with pytest.raises(SystemExit, match="stage image_unet failed"):
-        train.run(work=tmp_path, stages=["image_unet", "vocoder"], quick=0.001, threads=1, jobs=2,
-                  log=lambda s: None)
+    # the next run goes on where this one stopped: image_unet is still to train, and still fails.
+    # Alone it trains in this process, so its own error comes through (the tokenizer it cannot load)
+    with pytest.raises(OSError, match="tokenizers/clip"):
+        train.run(work=tmp_path, stages=["image_unet"], quick=0.001, threads=1, jobs=2, log=lambda s: None)
+    assert not ctx.done("image_unet")
 
 
 def test_a_stage_waiting_on_others_starts_alone_once_they_are_done(tmp_path):

@@ -201,7 +201,7 @@ def train_loop(stage: str, ctx: Context, params: Iterable, step_fn: Callable[[in
         value = float(loss.detach())
         smooth = value if smooth is None else 0.98 * smooth + 0.02 * value
         if i % 20 == 0 or i == total - 1:
-            extra = {k: f"{float(v):.4f}" for k, v in out.items() if k != "loss"}
+            extra = {k: f"{float(torch.as_tensor(v).detach()):.4f}" for k, v in out.items() if k != "loss"}
             bar.set_postfix(loss=f"{smooth:.4f}", **extra)
         if i % 200 == 0 or i == total - 1:
             ctx.log(f"[{stage}] step {i + 1}/{total} loss {smooth:.4f} {time.time() - t0:.0f}s")
