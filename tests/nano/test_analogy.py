@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from weights.nano import world
-from weights.nano.analogy import SignalMemory, analogy_loss, caption_attributes, composed_tones
+from weights.nano.analogy import SignalMemory, analogy_loss, caption_attributes, composed_samples, sample_attributes
 
 
 def test_captions_read_as_attribute_tuples_with_none_for_what_they_do_not_name():
@@ -61,17 +62,41 @@ def test_analogy_loss_is_zero_for_a_projection_that_maps_each_state_to_its_targe
     assert float(loss) < 1e-6
 
 
-def test_composed_tones_are_seen_pairs_made_of_three_bank_embeddings():
+@pytest.mark.parametrize("modality", ["audio", "image", "video"])
+def test_composed_samples_are_seen_combinations_made_of_three_bank_embeddings(modality):
+    """With embeddings that add up by construction (one code per attribute value), each composed
+    row is its own combination's code, which is a seen one; tones at unnamed pitches take no part."""
     rng = random.Random(0)
-    items = [world.random_tone(rng, world.tone_pairs()) for _ in range(120)] + [world.unnamed_pitch_tone(rng)]
+    if modality == "audio":
+        items = [world.random_tone(rng, world.tone_pairs()) for _ in range(120)] + [world.unnamed_pitch_tone(rng)]
+        seen = set(world.tone_pairs())
+    elif modality == "image":
+        items = [world.random_shape(rng, world.shape_pairs()) for _ in range(120)]
+        seen = set(world.shape_pairs())
+    else:
+        items = [world.random_video(rng, world.shape_pairs()) for _ in range(200)]
+        seen = {(c, s, d) for c, s in world.shape_pairs() for d in world.DIRECTIONS}
     g = torch.Generator().manual_seed(0)
-    code = {v: torch.randn(16, generator=g) for v in list(world.PITCHES) + list(world.TIMBRES) + [None]}
-    embeds = torch.stack([code[t.pitch] + code[t.timbre] for t in items])
-    samples, rows = composed_tones(items, embeds, 30)
+    values = list(world.PITCHES) + list(world.TIMBRES) + list(world.COLOURS) + list(world.SHAPES) + list(world.DIRECTIONS)
+    code = {v: torch.randn(16, generator=g) for v in values}
+
+    def code_of(sample):
+        attrs = sample_attributes(modality, sample) or ("low", "pure")  # unnamed: any code
+        return sum(code[a] for a in attrs)
+
+    embeds = torch.stack([code_of(s) for s in items])
+    samples, rows = composed_samples(modality, items, embeds, 30)
     assert len(samples) == 30 and rows.shape == (30, 16)
-    for t, row in zip(samples, rows):
-        assert (t.pitch, t.timbre) in world.tone_pairs() and t.freq < 0
-        want = code[t.pitch] + code[t.timbre]
+    for sample, row in zip(samples, rows):
+        assert sample_attributes(modality, sample) in seen
+        want = code_of(sample)
         torch.testing.assert_close(row / row.norm(), want / want.norm())
     torch.testing.assert_close(rows.norm(dim=1), embeds.norm(dim=1).mean().expand(30))
-    assert len(set(samples)) == 30  # distinct samples: each has its own row in the bank's index
+    assert len(set(samples)) == 30 and not set(samples) & set(items)  # each has its own row in the bank's index
+
+
+def test_a_bank_with_no_parallelogram_composes_nothing():
+    rng = random.Random(0)
+    items = [world.random_shape(rng, [("red", "circle"), ("blue", "square")]) for _ in range(10)]
+    samples, rows = composed_samples("image", items, torch.randn(10, 4), 5)
+    assert samples == [] and rows.shape == (0, 4)

@@ -11,36 +11,34 @@ stages on top of it, exactly on the release's modules (LoRA Llama, `llama_proj`,
 3. `instruct`: LoRA instruction tuning on whole conversations (questions about media,
    generation, follow-ups), the projections still trained on the same MSE.
 
+The media they talk about reach the LLM as ImageBind embeddings from `bank` (made once per
+encoder), a share of them composed of seen combinations' embeddings (`bank.with_composed`).
+
 Each stage ends in `state.safetensors` under the release's key names (`release_targets`), which
 the next stage loads with the release loader and `assemble` writes out as fp16.
 """
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from models.checkpoint import load_release_checkpoint, release_targets
-from models.encoder import WEIGHTS_FILE, ImageBindEncoder
 from models.llm import LanguageModel, LoraSettings
-from models.media import VideoClip
 from models.nextgpt import build_projections
 from models.prompt import Turn as PromptTurn
 from models.prompt import build_segments, splice_embeddings
 from models.signals import MODALITIES
 
 from . import config, dialogue, world
-from .analogy import SignalMemory, analogy_loss, composed_tones
+from .analogy import SignalMemory, analogy_loss
+from .bank import Bank, BankDialogues, build_bank, with_composed
 from .common import Context, train_loop
-from .config import Budget
 from .decoders import caption_conditioning
 from .dialogue import Conversation, Dialogues
 
@@ -83,99 +81,12 @@ def stage_llm(ctx: Context) -> dict:
     return info
 
 
-# ----------------------------------------------------------------------------------- the media bank
-
-@dataclass
-class Bank:
-    """ImageBind embeddings of world media, made by the server's own encoder from the trained towers."""
-
-    items: dict[str, list] = field(default_factory=dict)  # modality -> samples
-    embeds: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> (N, D)
-    index: dict[str, dict] = field(default_factory=dict)  # modality -> sample -> row
-
-    def embedding(self, modality: str, sample) -> torch.Tensor:
-        return self.embeds[modality][self.index[modality][sample]]
-
-
-BANK_SIZES = {"image": 1200, "video": 600, "audio": 800}
-
-
-@torch.no_grad()
-def build_bank(ctx: Context) -> Bank:
-    path = ctx.dir("bank")
-    rng = ctx.rng("bank")
-    enc = ImageBindEncoder.from_pretrained(ctx.work / "imagebind")
-    pairs, tones = world.shape_pairs(), world.tone_pairs()
-    scale = min(1.0, ctx.steps("instruct") / Budget().steps["instruct"])  # quick runs: a small bank
-    sizes = {m: max(48, int(n * scale)) for m, n in BANK_SIZES.items()}
-    encoder_id = hashlib.sha256((ctx.work / "imagebind" / WEIGHTS_FILE).read_bytes()).hexdigest()[:16]
-    meta = json.loads((path / "bank.json").read_text()) if (path / "bank.json").is_file() else {}
-    if meta.pop("encoder", None) == encoder_id and (path / "bank.safetensors").is_file():
-        embeds = load_file(str(path / "bank.safetensors"))
-        kinds = {"image": world.ShapeSample, "video": world.VideoSample, "audio": world.ToneSample}
-        items = {m: [kinds[m](**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}) for d in meta[m]]
-                 for m in meta}
-    else:
-        items = {"image": [world.random_shape(rng, pairs) for _ in range(sizes["image"])],
-                 "video": [world.random_video(rng, pairs) for _ in range(sizes["video"])],
-                 "audio": [world.random_tone(rng, tones, seconds=world.AUDIO_SECONDS if rng.random() < 0.6
-                                             else rng.uniform(0.8, 3.0)) for _ in range(sizes["audio"])]}
-        values = {"image": [world.encoder_view(s, rng) for s in items["image"]],
-                  "video": [VideoClip(v.frames(size=rng.choice((32, 64))), float(world.VIDEO_FPS)) for v in items["video"]],
-                  "audio": [t.wave() for t in items["audio"]]}
-        embeds = {}
-        for m in MODALITIES:
-            rows = []
-            for start in range(0, len(values[m]), 16):
-                x = torch.stack([enc.to_tensor(m, v) for v in values[m][start:start + 16]])
-                tower = "audio" if m == "audio" else "vision"
-                rows.append(enc.model({tower: x})[tower])
-            embeds[m] = torch.cat(rows).contiguous()
-        save_file(embeds, str(path / "bank.safetensors"))
-        meta = {m: [s.__dict__ for s in items[m]] for m in items}
-        (path / "bank.json").write_text(json.dumps({**meta, "encoder": encoder_id}))
-    index = {m: {s: k for k, s in enumerate(items[m])} for m in items}
-    return Bank(items, embeds, index)
-
-
-# Play requests naming a timbre alone, of all play requests in `align_output` and `instruct`
-# (docs/nano-history.md, session 18: without them the projection landed high buzzy off its code).
-TIMBRE_REQUESTS = 0.2
 # The weight of `analogy.analogy_loss` in `align_output` and `instruct`: the output projection fed
 # h_a + h_b - h_c of seen requests that make a parallelogram with a seen d, against d's target, so
 # that it maps sums of signal states as it maps states (a held-out request's states are, to 1-3%,
 # the sum of its attributes'). Session 21: held-out sound answers and played pitch from below
-# 90% to 94% and 100%, with COMPOSED_TONES (docs/nano-history.md).
+# 90% to 94% and 100%, with composed tones (`bank.COMPOSED`; docs/nano-history.md).
 ANALOGY = 1.0
-# The share of bank tones, in conversations about sounds, that are composed ImageBind embeddings
-# e_a + e_b - e_c of seen pairs, captioned as the seen pair d they compose to: the input projection
-# learns to read sums of embeddings, as a held-out tone's embedding nearly is (session 21).
-COMPOSED_TONES = 0.2
-
-
-class BankDialogues(Dialogues):
-    """Conversations whose media come from the bank (so their embeddings are known)."""
-
-    def __init__(self, bank: Bank):
-        super().__init__(held_out=False, timbre_requests=TIMBRE_REQUESTS)
-        self.bank = bank
-        self.heard = bank.items["audio"]  # the bank's played tones, before the composed ones join it
-        self.composed, rows = composed_tones(self.heard, bank.embeds["audio"], 400)
-        start = len(self.heard)
-        bank.items["audio"] = self.heard + self.composed
-        bank.embeds["audio"] = torch.cat([bank.embeds["audio"], rows])
-        bank.index["audio"].update({s: start + k for k, s in enumerate(self.composed)})
-
-    def shape(self, rng):
-        return rng.choice(self.bank.items["image"])
-
-    def tone(self, rng):
-        if rng.random() < COMPOSED_TONES:
-            return rng.choice(self.composed)
-        return rng.choice(self.heard)
-
-    def video(self, rng):
-        return rng.choice(self.bank.items["video"])
 
 
 # ----------------------------------------------------------------------------------- the model under training
@@ -340,12 +251,12 @@ def stage_align_input(ctx: Context) -> dict:
     stage = "align_input"
     ctx.seed_torch(stage)
     rng = ctx.rng(stage)
-    bank = build_bank(ctx)
+    bank, composed = with_composed(build_bank(ctx))
     llm, projections = load_language(ctx, None)
     _freeze_all(llm, projections)
     llm.llama_proj.requires_grad_(True)
     llm.train()
-    batcher, d, n = Batcher(llm, bank), BankDialogues(bank), ctx.batch(stage)
+    batcher, d, n = Batcher(llm, bank), BankDialogues(bank, composed), ctx.batch(stage)
 
     def step(i):
         loss, _ = batcher.forward([batcher.example(describe(rng, d)) for _ in range(n)])
@@ -376,7 +287,7 @@ def _tune(ctx: Context, stage: str, state_from: str, groups_of, conversation, lr
     with the LM loss on the last answer plus the output projections' MSE."""
     ctx.seed_torch(stage)
     rng = ctx.rng(stage)
-    bank = build_bank(ctx)
+    bank, composed = with_composed(build_bank(ctx))
     llm, projections = load_language(ctx, state_from)
     _freeze_all(llm, projections)
     groups = groups_of(llm, projections)
@@ -386,7 +297,7 @@ def _tune(ctx: Context, stage: str, state_from: str, groups_of, conversation, lr
     llm.train()
     projections.train()
     targets = Targets(ctx)
-    batcher, d, n = Batcher(llm, bank), BankDialogues(bank), ctx.batch(stage)
+    batcher, d, n = Batcher(llm, bank), BankDialogues(bank, composed), ctx.batch(stage)
     memory = SignalMemory(ctx.seed)
 
     def step(i):
