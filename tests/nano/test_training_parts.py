@@ -108,8 +108,9 @@ def test_bank_conversations_draw_composed_media_as_the_seen_combination_they_com
     d = media_bank.BankDialogues(bank, composed)
     draws = {"image": [d.shape(rng) for _ in range(3000)], "video": [d.video(rng) for _ in range(3000)],
              "audio": [d.tone(rng) for _ in range(3000)]}
+    is_composed = {m: set(v) for m, v in composed.items()}
     for m, drawn in draws.items():
-        made = [s for s in drawn if s in set(composed[m])]
+        made = [s for s in drawn if s in is_composed[m]]
         assert abs(len(made) / len(drawn) - media_bank.COMPOSED[m]) < 0.03
         assert all(bank.index[m][s] >= len(items[m]) for s in made)  # its own row, after the bank's media
         assert all(bank.embedding(m, s).shape == (8,) for s in drawn)
@@ -118,7 +119,7 @@ def test_bank_conversations_draw_composed_media_as_the_seen_combination_they_com
     captions = [describe(random.Random(k), d) for k in range(300)]  # align_input's captioning
     for user, answer in captions:
         (m, s), = user.media.items()
-        if s in set(composed[m]):
+        if s in is_composed[m]:
             assert answer.text.lower().startswith(world.article(f"a {sample_attributes(m, s)[0]}").lower())
 
 

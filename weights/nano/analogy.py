@@ -91,12 +91,10 @@ def analogy_loss(memory: SignalMemory, projections, signal_embeds: dict[str, tor
 
 
 def sample_attributes(modality: str, sample) -> tuple | None:
-    """A bank sample's attributes, in `ATTRIBUTES` order; None for a tone at a pitch no caption names."""
-    if modality == "audio":
-        return None if sample.pitch is None else (sample.pitch, sample.timbre)
-    if modality == "image":
-        return sample.colour, sample.shape
-    return sample.colour, sample.shape, sample.direction
+    """A bank sample's attributes, read from its caption as a request's are; None where the
+    caption leaves one unnamed (a tone at a pitch no caption names is called by its register)."""
+    attrs = caption_attributes(modality, sample.caption)
+    return None if None in attrs else attrs
 
 
 def _placeholder(modality: str, attrs: tuple, serial: int):
