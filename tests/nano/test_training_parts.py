@@ -542,14 +542,48 @@ def test_partial_captions_are_positives_for_every_item_with_their_attributes():
              world.ToneSample("high", "buzzy", 2000.0, 0.3), world.ToneSample(None, "buzzy", 1500.0, 0.3)]
     caps = [("a low pure tone", frozenset({"low", "pure"})), ("a low tone", frozenset({"low"})),
             ("a buzzy tone", frozenset({"buzzy"})), ("a buzzy tone", frozenset({"buzzy"}))]
-    texts, own, pos = contrastive.caption_sets(tones, caps)
+    texts, own, pos, unknown = contrastive.caption_sets(tones, caps)
     assert texts == ["a buzzy tone", "a low pure tone", "a low tone"] and own == [1, 2, 0, 0]
     assert pos.tolist() == [[False, True, True], [True, False, True], [True, False, False], [True, False, False]]
+    assert not unknown.any()  # the 1.5 kHz tone is high by the world's measure: "low" is a true negative
     g = torch.Generator().manual_seed(0)
     text = torch.nn.functional.normalize(torch.randn(3, 16, generator=g), dim=-1)
-    matched = contrastive.contrast(text[own], text, own, pos, 10.0)
-    swapped = contrastive.contrast(text[[2, 1, 1, 2]], text, own, pos, 10.0)
+    matched = contrastive.contrast(text[own], text, own, pos, 10.0, unknown)
+    swapped = contrastive.contrast(text[[2, 1, 1, 2]], text, own, pos, 10.0, unknown)
     assert float(matched) < float(swapped)
+
+
+def test_a_tone_at_an_unnamed_pitch_is_unjudged_only_by_captions_that_would_fit_it_if_its_pitch_were_named():
+    from weights.nano import contrastive
+
+    whistle = world.ToneSample(None, "buzzy", 2600.0, 0.3)  # high by `world.pitch_of`, never called so
+    judged = {c: contrastive.unjudged(whistle, frozenset(c.split()))
+              for c in ("high", "high buzzy", "high pure", "medium", "low buzzy", "buzzy")}
+    assert judged == {"high": True, "high buzzy": True, "high pure": False, "medium": False,
+                      "low buzzy": False, "buzzy": False}
+    assert not contrastive.unjudged(world.ToneSample("high", "pure", 2000.0, 0.3), frozenset({"high"}))
+    assert not contrastive.unjudged(world.ShapeSample("gray", "circle", 16.0, 16.0, 8.0), frozenset({"circle"}))
+
+
+def test_an_unjudged_pair_counts_neither_way_in_the_contrast():
+    """Moving the unnamed-pitch tone's embedding anywhere off its own caption's direction (towards
+    "a high tone", say) leaves the loss as it was; counted as a negative, it would not."""
+    from weights.nano import contrastive
+
+    tones = [world.ToneSample("high", "pure", 2000.0, 0.3), world.ToneSample(None, "buzzy", 2600.0, 0.3)]
+    caps = [("a high tone", frozenset({"high"})), ("a buzzy tone", frozenset({"buzzy"}))]
+    texts, own, pos, unknown = contrastive.caption_sets(tones, caps)
+    assert texts == ["a buzzy tone", "a high tone"] and unknown.tolist() == [[False, False], [False, True]]
+    g = torch.Generator().manual_seed(1)
+    text = torch.nn.functional.normalize(torch.randn(2, 16, generator=g), dim=-1)
+    media = torch.nn.functional.normalize(torch.randn(2, 16, generator=g), dim=-1)
+    off_own = text[1] - (text[1] @ text[0]) * text[0]  # towards "a high tone", orthogonal to "a buzzy tone"
+    moved = media.clone()
+    moved[1] = media[1] + 0.5 * off_own
+    for mask, unchanged in ((unknown, True), (None, False)):
+        before = float(contrastive.contrast(media, text, own, pos, 10.0, mask))
+        after = float(contrastive.contrast(moved, text, own, pos, 10.0, mask))
+        assert (abs(before - after) < 1e-6) == unchanged, (before, after)
 
 
 def test_the_attribute_code_makes_a_captions_target_the_sum_of_its_attributes():

@@ -2,7 +2,16 @@
 aligned its towers to text: an item is a positive for every caption whose attributes it has ("a
 low tone" for every low tone), so a partial caption is never a negative for its items. The
 `imagebind` stage aligns its vision and audio towers this way; `audio_unet` takes its tone
-captions (`tone_captions`) for the CLAP attribute code."""
+captions (`tone_captions`) for the CLAP attribute code.
+
+A tone at a pitch no caption names is still low, medium or high by the world's own measure
+(`world.pitch_of`, what the eval reads a played tone's spectral peak by): a 2.6 kHz tone is high,
+just never called so, as no stage pairs the held-out high buzzy words with media. So a caption
+that would be its positive if that pitch were named ("a high tone") says nothing about it either
+way (`unjudged`), while one naming another pitch or another timbre is a true negative. Counted as a negative of "high" too, the buzzy tones at 2.4-3.4 kHz taught
+the towers that a buzzy tone near the top of the band is not high, which the held-out high buzzy
+tones near 2.05 kHz inherited (session 30: a linear pitch probe read them "medium").
+"""
 from __future__ import annotations
 
 import random
@@ -37,32 +46,48 @@ def attributes(item) -> frozenset:
     return frozenset({item.pitch, item.timbre, item.register}) - {None}
 
 
+def unjudged(item, caption: frozenset) -> bool:
+    """The item is a tone at a pitch no caption names, and the caption would be a positive for it
+    if its pitch by the world's measure (`world.pitch_of` of its frequency) were named: "a high
+    tone" for a 2.6 kHz tone, not "a high pure tone" for a buzzy one (that is a negative by timbre)."""
+    if not isinstance(item, world.ToneSample) or item.pitch is not None:
+        return False
+    measured = world.pitch_of(item.freq)
+    return measured in caption and caption <= attributes(item) | {measured}
+
+
 def distinct_captions(caps: list[tuple[str, frozenset]]) -> list[tuple[str, frozenset]]:
     """The distinct (caption, attributes) pairs of a batch, in caption order (a fixed order
     whatever the hash seed, so that a stage re-run sums its terms in the same order)."""
     return sorted(set(caps), key=lambda c: c[0])
 
 
-def caption_sets(items: list, caps: list[tuple[str, frozenset]]) -> tuple[list[str], list[int], torch.Tensor]:
-    """-> the distinct caption texts (U), each item's own caption index, and positives (n, U) bool:
-    the item has every attribute the caption names."""
+def caption_sets(items: list, caps: list[tuple[str, frozenset]]
+                 ) -> tuple[list[str], list[int], torch.Tensor, torch.Tensor]:
+    """-> the distinct caption texts (U), each item's own caption index, positives (n, U) bool:
+    the item has every attribute the caption names, and unknown (n, U) bool: the caption says
+    nothing about the item either way (`unjudged`)."""
     unique = distinct_captions(caps)
     index = {c: k for k, c in enumerate(unique)}
     pos = torch.tensor([[c[1] <= attributes(it) for c in unique] for it in items])
-    return [c[0] for c in unique], [index[c] for c in caps], pos
+    unknown = torch.tensor([[unjudged(it, c[1]) for c in unique] for it in items])
+    return [c[0] for c in unique], [index[c] for c in caps], pos, unknown
 
 
-def contrast(media: torch.Tensor, text: torch.Tensor, own: list[int], pos: torch.Tensor, scale) -> torch.Tensor:
+def contrast(media: torch.Tensor, text: torch.Tensor, own: list[int], pos: torch.Tensor, scale,
+             unknown: torch.Tensor | None = None) -> torch.Tensor:
     """media (n, D), text (U, D) normalised; own[i]: item i's caption; pos (n, U) bool: item has
-    every attribute of the caption. Media->text: CE on its own caption, other positives masked;
-    text->media: every positive item counts."""
+    every attribute of the caption; unknown (n, U) bool: pairs that count neither way. Media->text:
+    CE on its own caption, other positives and unknown pairs masked; text->media: every positive
+    item counts, unknown ones are left out of the normaliser."""
     logits = scale * media @ text.T  # (n, U)
+    unknown = torch.zeros_like(pos) if unknown is None else unknown
     own_t = torch.tensor(own)
-    mask = pos.clone()
+    mask = pos | unknown
     mask[torch.arange(len(own)), own_t] = False
     m2t = F.cross_entropy(logits.masked_fill(mask, -1e4), own_t)
     cols = pos.any(0)
-    lt = logits.T[cols]  # (U', n)
+    lt = logits.T[cols].masked_fill(unknown.T[cols], -1e4)  # (U', n)
     pt = pos.T[cols]
     t2m = -(torch.logsumexp(lt.masked_fill(~pt, -1e4), 1) - torch.logsumexp(lt, 1)).mean()
     return (m2t + t2m) / 2

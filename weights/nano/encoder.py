@@ -170,7 +170,7 @@ def stage_imagebind(ctx: Context) -> dict:
         items = shapes + videos + sounds
         caps = ([image_captions(s, rng) for s in shapes] + [video_captions(v, rng) for v in videos]
                 + [tone_captions(t, rng) for t in sounds])
-        texts, own, pos = caption_sets(items, caps)
+        texts, own, pos, unknown = caption_sets(items, caps)
         imgs = [preprocess.image_to_tensor(world.encoder_view(s, rng)) for s in shapes]
         vision = vision_batch(imgs, video_clip_tensors([f for _, f in views], reversed_first=len(videos) - n))
         out = model({"vision": vision, "text": tok(texts)})
@@ -178,8 +178,8 @@ def stage_imagebind(ctx: Context) -> dict:
         txt = F.normalize(out["text"], dim=-1)
         scale = log_scale.exp().clamp(max=100)
         split = len(shapes) + len(videos)
-        loss = (contrast(media[:split], txt, own[:split], pos[:split], scale)
-                + contrast(media[split:], txt, own[split:], pos[split:], scale))
+        loss = (contrast(media[:split], txt, own[:split], pos[:split], scale, unknown[:split])
+                + contrast(media[split:], txt, own[split:], pos[split:], scale, unknown[split:]))
         return {"loss": loss, "scale": scale.detach()}
 
     holder = torch.nn.Module()
