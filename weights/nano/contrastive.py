@@ -8,9 +8,10 @@ A tone at a pitch no caption names is still low, medium or high by the world's o
 (`world.pitch_of`, what the eval reads a played tone's spectral peak by): a 2.6 kHz tone is high,
 just never called so, as no stage pairs the held-out high buzzy words with media. So a caption
 that would be its positive if that pitch were named ("a high tone") says nothing about it either
-way (`unjudged`), while one naming another pitch or another timbre is a true negative. Counted as a negative of "high" too, the buzzy tones at 2.4-3.4 kHz taught
-the towers that a buzzy tone near the top of the band is not high, which the held-out high buzzy
-tones near 2.05 kHz inherited (session 30: a linear pitch probe read them "medium").
+way (`unjudged`), while one naming another pitch or another timbre is a true negative. Counted
+as negatives of "high" too, the buzzy tones of the unnamed bands beside it taught the towers
+that a buzzy tone near either edge of "high" is not high, which the held-out high buzzy tones
+there inherited (session 30: a linear pitch probe read them "low" or "medium").
 """
 from __future__ import annotations
 

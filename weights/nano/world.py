@@ -41,9 +41,10 @@ FILL_RATIO = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}
 PITCHES = {"low": (200.0, 320.0), "medium": (550.0, 850.0), "high": (1700.0, 2200.0)}  # Hz
 # Pitch bands no caption names (below, between and above the named ones). The encoder hears every
 # timbre in them, captioned by its timbre alone, so that its timbre features cannot lean on the
-# pitches each timbre was heard at (the held-out pitch/timbre pairs depend on that). Captions
-# naming the pitch such a tone has by `pitch_of` ("a high tone" for 2.6 kHz) count neither way
-# for it (`contrastive.unjudged`); those naming another pitch are its negatives.
+# pitches each timbre was heard at (the held-out pitch/timbre pairs depend on that). A caption
+# that would fit such a tone if the pitch it has by `pitch_of` were named ("a high tone" for
+# 2.6 kHz) counts neither way for it (`contrastive.unjudged`); one naming another pitch or
+# another timbre is its negative.
 UNNAMED_PITCHES = ((120.0, 170.0), (360.0, 480.0), (950.0, 1650.0), (2400.0, 3400.0))  # Hz
 # What the audio decoder's captions (and nothing else) call those bands: the UNet plays every
 # timbre at every register, pitch and timbre uncorrelated as they are not in the named bands, and
