@@ -278,8 +278,9 @@ ATTRIBUTE_CODE = attribute_code()
 # then plays every caption's pitch from its code, held-out pairs included, and a held-out tone's
 # pitch, which the eval measures, decides most of where its conditioning lies (decoder ceilings,
 # held-out pairs played at their pitch from their code: equal weights 7 of 8, session 21; twice,
-# 55 of 64; three times, 63 of 64 with seen pairs' timbres played as at twice, session 31). The
-# committed model's audio decoder predates the last change: it was trained at twice.
+# 55 of 64 on a fresh chain; three times, 63 of 64 with seen pairs' timbres played as at twice,
+# session 31). The committed model's audio decoder predates the last change: it was trained at
+# twice (59 of 64).
 PITCH_CODE_WEIGHT = 3.0
 
 
