@@ -5,7 +5,8 @@ import torch
 
 from weights.nano import dialogue, world
 from weights.nano.bank import Bank
-from weights.nano.language import MEDIA_NOISE, Batcher, jittered
+from weights.nano.common import EMA
+from weights.nano.language import INSTRUCT_EMA, MEDIA_NOISE, Batcher, jittered
 
 
 def test_jitter_moves_an_embedding_by_the_share_of_its_norm_asked_for():
@@ -38,3 +39,25 @@ def test_the_language_stages_read_each_media_embedding_jittered_and_the_text_as_
     assert int(moved.sum()) == 1  # the one media position, nothing else
     clean = Batcher(tiny_model.llm, bank, media_noise=0.0)
     assert torch.equal(clean.example(conv).embeds, clean.example(conv).embeds)
+
+
+def test_an_average_without_warm_up_weighs_each_step_by_its_decay_from_the_first():
+    """`instruct`'s weight average: decay d from the first step, so after k updates the starting
+    weights keep d**k of the average and the window is about 1 / (1 - d) steps."""
+    layer = torch.nn.Linear(2, 1, bias=False)
+    torch.nn.init.zeros_(layer.weight)
+    average = EMA(layer, decay=0.9, warmup=False)
+    for k in range(1, 4):
+        with torch.no_grad():
+            layer.weight.fill_(1.0)
+        average.update()
+        torch.testing.assert_close(average.shadow["weight"], torch.full((1, 2), 1 - 0.9 ** k))
+    average.copy_to(layer)
+    torch.testing.assert_close(layer.weight.detach(), torch.full((1, 2), 1 - 0.9 ** 3))
+    assert 0 < INSTRUCT_EMA < 1
+    torch.nn.init.zeros_(layer.weight)
+    warmed = EMA(layer, decay=0.9)  # the decoder stages' average, as before: its first update keeps 2/11
+    with torch.no_grad():
+        layer.weight.fill_(1.0)
+    warmed.update()
+    torch.testing.assert_close(warmed.shadow["weight"], torch.full((1, 2), 1 - 2 / 11))

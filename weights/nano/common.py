@@ -96,16 +96,17 @@ def set_threads(n: int) -> None:
 class EMA:
     """Exponential moving average of a module's parameters (kept on the side, swapped in at save)."""
 
-    def __init__(self, module: torch.nn.Module, decay: float = 0.999):
+    def __init__(self, module: torch.nn.Module, decay: float = 0.999, warmup: bool = True):
         self.module = module
         self.decay = decay
+        self.warmup = warmup  # without it, the decay holds from the first update: a fixed window
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.dtype.is_floating_point}
         self.updates = 0
 
     @torch.no_grad()
     def update(self) -> None:
         self.updates += 1
-        d = min(self.decay, (1 + self.updates) / (10 + self.updates))  # warm-up
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         for k, v in self.module.state_dict().items():
             if k in self.shadow:
                 self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)

@@ -38,7 +38,7 @@ from models.signals import MODALITIES
 from . import config, dialogue, world
 from .analogy import SignalMemory, analogy_loss
 from .bank import Bank, BankDialogues, build_bank, with_composed
-from .common import Context, train_loop
+from .common import EMA, Context, train_loop
 from .decoders import caption_conditioning
 from .dialogue import Conversation, Dialogues
 
@@ -94,6 +94,13 @@ ANALOGY = 1.0
 # four draws of the three stages, each against the same draw without it (the same conversations),
 # 53 held-out misses in the eval against 78 (docs/nano-history.md, sessions 30-32).
 MEDIA_NOISE = 0.25
+
+# `instruct` writes out an exponential moving average of its weights, not its last step's (decay
+# per step from the first, no warm-up: about the last thousand of its 2500 steps). How the LLM
+# reads or lands a held-out pair wanders as LoRA trains (session 33: one draw missed 25, 1, 17 and
+# 10 held-out samples at steps 625, 1250, 1875 and 2500); the average sits inside that walk rather
+# than wherever it ends. Over four paired draws 24 misses against 31 (docs/nano-history.md).
+INSTRUCT_EMA = 0.999
 
 
 def jittered(embedding: torch.Tensor, share: float) -> torch.Tensor:
@@ -297,9 +304,11 @@ def analogy_term(memory: SignalMemory, llm, projections, targets: Targets, examp
     return analogy_loss(memory, projections, embeds, targets)
 
 
-def _tune(ctx: Context, stage: str, state_from: str, groups_of, conversation, lr: float) -> dict:
+def _tune(ctx: Context, stage: str, state_from: str, groups_of, conversation, lr: float,
+          ema_decay: float | None = None) -> dict:
     """Train the parameter groups `groups_of(llm, projections)` on `conversation(rng, dialogues)`
-    with the LM loss on the last answer plus the output projections' MSE."""
+    with the LM loss on the last answer plus the output projections' MSE; with `ema_decay`, save
+    the moving average of the weights instead of the last step's."""
     ctx.seed_torch(stage)
     rng = ctx.rng(stage)
     bank, composed = with_composed(build_bank(ctx))
@@ -323,8 +332,11 @@ def _tune(ctx: Context, stage: str, state_from: str, groups_of, conversation, lr
         return {"loss": lm_loss + mse + ANALOGY * analogy, "lm": lm_loss.detach(), "mse": mse.detach(),
                 "analogy": analogy.detach()}
 
+    averages = [EMA(llm, ema_decay, warmup=False), EMA(projections, ema_decay, warmup=False)] if ema_decay else None
     info = train_loop(stage, ctx, None, step, lr=lr, param_groups=groups,
-                      modules={"llm": llm, "projections": projections}, rng=rng)
+                      modules={"llm": llm, "projections": projections}, rng=rng, ema=averages)
+    for average in averages or []:
+        average.copy_to(average.module)
     save_language(ctx, stage, llm, projections)
     return info
 
@@ -345,4 +357,5 @@ def stage_instruct(ctx: Context) -> dict:
                 {"params": list(llm.llama_proj.parameters()) + list(projections.parameters()), "lr_scale": 0.5},
                 {"params": _lm_rows(llm), "lr_scale": 0.3}]
 
-    return _tune(ctx, "instruct", "align_output", groups, lambda rng, d: d.conversation(rng), lr=2e-3)
+    return _tune(ctx, "instruct", "align_output", groups, lambda rng, d: d.conversation(rng), lr=2e-3,
+                 ema_decay=INSTRUCT_EMA)
