@@ -44,14 +44,12 @@ def relative_gap(state: torch.Tensor, sums: list[torch.Tensor]) -> float:
 
 
 @torch.no_grad()
-def draw_states(llm, pair: Pair) -> torch.Tensor:
+def draw_states(batcher, pair: Pair) -> torch.Tensor:
     """The last-layer states (N, H) at the image signal tokens of a draw request and its answer,
-    mean over the first three phrasings, laid out exactly as the language stages train them."""
-    from .language import Batcher
-
-    batcher = Batcher(llm, bank=None, media_noise=0.0)
+    mean over the first three phrasings, laid out by the language stages' own `Batcher` (no
+    media, so no noise)."""
     colour, shape = pair
-    n = len(llm.signal_ids["image"])
+    n = len(batcher.llm.signal_ids["image"])
     states = []
     for phrasing in dialogue.DRAW[:3]:
         ask = world.article(phrasing.format(colour=colour, shape=shape))
@@ -74,7 +72,8 @@ def nearest_captions(llm, projection, targets: torch.Tensor, state: torch.Tensor
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .language import Targets, load_language
+    from .common import Context
+    from .language import Batcher, Targets, load_language
 
     p = argparse.ArgumentParser(prog="python -m weights.nano.diagnose_signals", description=__doc__.split("\n\n")[0])
     p.add_argument("work", type=Path, help="a train-nano work directory whose language stages are done")
@@ -82,15 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
 
-    class Work:  # the one attribute load_language and Targets read
-        work = args.work
-
-    llm, projections = load_language(Work, args.stage)
+    ctx = Context(work=args.work)
+    llm, projections = load_language(ctx, args.stage)
     llm.eval()
     projections.eval()
-    conditioning = Targets(Work)
+    conditioning = Targets(ctx)
     targets = torch.stack([conditioning("image", world.article(f"a {c} {s}")) for c, s in world.shape_pairs(None)])
-    states = {pair: draw_states(llm, pair) for pair in world.shape_pairs(None)}
+    batcher = Batcher(llm, bank=None, media_noise=0.0)
+    states = {pair: draw_states(batcher, pair) for pair in world.shape_pairs(None)}
     print("| held-out request | gap to its analogy sums | lands nearest | mean analogy sum lands nearest |\n"
           "|---|---|---|---|")
     for pair in sorted(world.HELD_OUT_SHAPES):
