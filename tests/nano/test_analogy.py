@@ -30,36 +30,69 @@ def _memory_of_seen_captions() -> tuple[SignalMemory, dict[str, torch.Tensor]]:
     return memory, states
 
 
-def test_analogies_sum_three_seen_states_into_a_fourth_seen_caption():
+def test_analogies_sum_three_seen_states_into_a_fourth_corner_seen_or_not():
     memory, states = _memory_of_seen_captions()
     found = memory.analogies("image", 50)
     assert len(found) == 50
     held = {world.article(f"a {c} {s}") for c, s in world.HELD_OUT_SHAPES}
-    for h, caption in found:
-        assert caption in states and caption not in held
-        torch.testing.assert_close(h, states[caption])  # additive states: the sum is d's own state
+    corners = [a for a in found if len(a.target) == 3]
+    assert 0 < len(corners) < 50  # both kinds turn up
+    for analogy in found:
+        assert all(caption in states and caption not in held for _, caption in analogy.target)
+        target_state = sum(sign * states[caption] for sign, caption in analogy.target)
+        torch.testing.assert_close(analogy.state, target_state)  # additive states: the sum is d's own state
+    for analogy in corners:  # a corner no request was seen for: one of the held-out pairs
+        assert [sign for sign, _ in analogy.target] == [1, 1, -1]
+        attrs = [caption_attributes("image", caption) for _, caption in analogy.target]
+        corner = tuple(x if x != z else y for x, y, z in zip(*attrs))
+        assert corner in world.HELD_OUT_SHAPES
     assert memory.analogies("audio", 5) == []  # nothing stored for tones: no analogy to draw
 
 
-def test_analogy_loss_is_zero_for_a_projection_that_maps_each_state_to_its_target():
+class _CaptionTargets:
+    """A decoder's conditioning stand-in: one fixed (2, 3) tensor per caption."""
+
+    def __init__(self, table: dict[str, torch.Tensor]):
+        self.table = table
+
+    def __call__(self, modality, caption):
+        return self.table[caption]
+
+    def norm(self, modality, target):
+        return 1.0
+
+
+def test_analogy_loss_is_zero_for_an_affine_projection_of_additive_states():
+    """States and conditionings both additive, the projection linear: every analogy, the corners
+    that are held-out pairs included, lands exactly on its target."""
+    memory, states = _memory_of_seen_captions()
+    weight = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+
+    class Linear(torch.nn.Module):
+        def forward(self, h, signal):  # (k, 4, 8) -> (k, 2, 3)
+            return (h.flatten(1) @ weight).view(-1, 2, 3)
+
+    targets = _CaptionTargets({c: Linear()(h[None], None)[0] for c, h in states.items()})
+    loss = analogy_loss(memory, {"image": Linear()}, {"image": torch.zeros(1, 4, 8)}, targets)
+    assert float(loss) < 1e-10
+
+
+def test_analogy_loss_penalises_a_projection_that_snaps_a_corner_to_a_seen_caption():
+    """Mapping each state to the target of the seen state nearest it fits every seen request, yet
+    lands a held-out corner on a seen neighbour: the term is what tells the two apart."""
     memory, states = _memory_of_seen_captions()
     captions = list(states)
     table = torch.stack([states[c].flatten() for c in captions])  # (C, 32)
 
-    class Nearest(torch.nn.Module):  # the target of the stored state the input equals
+    class Nearest(torch.nn.Module):
         def forward(self, h, signal):
             rows = [(table - x.flatten()).norm(dim=1).argmin() for x in h]
             return torch.stack([torch.full((2, 3), float(r)) for r in rows])
 
-    class Targets:
-        def __call__(self, modality, caption):
-            return torch.full((2, 3), float(captions.index(caption)))
-
-        def norm(self, modality, target):
-            return 1.0
-
-    loss = analogy_loss(memory, {"image": Nearest()}, {"image": torch.zeros(1, 4, 8)}, Targets())
-    assert float(loss) < 1e-6
+    targets = _CaptionTargets({c: torch.full((2, 3), float(i)) for i, c in enumerate(captions)})
+    seen_only = [a for a in memory.analogies("image", 200) if len(a.target) == 1]
+    assert all(float(Nearest()(a.state[None], None)[0, 0, 0]) == captions.index(a.target[0][1]) for a in seen_only)
+    assert float(analogy_loss(memory, {"image": Nearest()}, {"image": torch.zeros(1, 4, 8)}, targets)) > 0.01
 
 
 @pytest.mark.parametrize("modality", ["audio", "image", "video"])

@@ -82,10 +82,12 @@ def stage_llm(ctx: Context) -> dict:
 
 
 # The weight of `analogy.analogy_loss` in `align_output` and `instruct`: the output projection fed
-# h_a + h_b - h_c of seen requests that make a parallelogram with a seen d, against d's target, so
-# that it maps sums of signal states as it maps states (a held-out request's states are, to 1-3%,
-# the sum of its attributes'). Session 21: held-out sound answers and played pitch from below
-# 90% to 94% and 100%, with composed tones (`bank.COMPOSED`; docs/nano-history.md).
+# h_a + h_b - h_c of seen requests that make a parallelogram with a fourth combination d, against
+# d's target if d was seen and t_a + t_b - t_c if not, so that it maps sums of signal states as it
+# maps states and is affine over the lattice they span. Session 21 (seen corners only): held-out
+# sound answers and played pitch from below 90% to 94% and 100%, with composed tones. Session 34
+# (every corner): held-out draws land on their own captions even as LoRA moves the states 13-19%
+# off their sums (docs/nano-history.md).
 ANALOGY = 1.0
 
 # The noise added to each media embedding the language stages read, as a share of the embedding's
