@@ -41,6 +41,13 @@ def _files(model_dir: Path) -> list[str]:
     return sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*") if p.is_file())
 
 
+@pytest.fixture(scope="module")
+def tensors(retrained) -> dict[str, tuple[dict, dict]]:
+    """Each safetensors file of the committed model -> (the re-trained model's tensors, the committed ones)."""
+    return {name: (load_file(retrained / "model" / name), load_file(DEFAULT_OUT / name))
+            for name in _files(DEFAULT_OUT) if name.endswith(".safetensors")}
+
+
 def test_each_language_stage_trains_and_records_a_finite_loss(retrained):
     for stage in LANGUAGE_STAGES:
         done = json.loads((retrained / stage / "DONE.json").read_text())
@@ -48,20 +55,16 @@ def test_each_language_stage_trains_and_records_a_finite_loss(retrained):
         assert math.isfinite(done["final_loss"]), f"{stage}: loss {done['final_loss']}"
 
 
-def test_the_assembled_model_has_the_committed_models_layout_keys_and_shapes(retrained):
-    out = retrained / "model"
-    assert _files(out) == _files(DEFAULT_OUT)
-    for name in (f for f in _files(DEFAULT_OUT) if f.endswith(".safetensors")):
-        ours, committed = load_file(out / name), load_file(DEFAULT_OUT / name)
+def test_the_assembled_model_has_the_committed_models_layout_keys_and_shapes(retrained, tensors):
+    assert _files(retrained / "model") == _files(DEFAULT_OUT)
+    for name, (ours, committed) in tensors.items():
         assert ours.keys() == committed.keys(), name
         for key, tensor in committed.items():
             assert (ours[key].shape, ours[key].dtype) == (tensor.shape, tensor.dtype), f"{name}: {key}"
 
 
-def test_only_the_language_stages_weights_are_new(retrained):
-    out = retrained / "model"
-    for name in (f for f in _files(DEFAULT_OUT) if f.endswith(".safetensors")):
-        ours, committed = load_file(out / name), load_file(DEFAULT_OUT / name)
+def test_only_the_language_stages_weights_are_new(tensors):
+    for name, (ours, committed) in tensors.items():
         changed = {key for key, tensor in committed.items() if not torch.equal(ours[key], tensor)}
         if not name.startswith("nextgpt/"):  # decoders, towers, base LLM: taken as they are
             assert not changed, f"{name}: {sorted(changed)[:3]}"
@@ -70,12 +73,12 @@ def test_only_the_language_stages_weights_are_new(retrained):
             assert any(key.startswith(prefix) for key in changed), f"nothing under {prefix} was trained"
 
 
-def test_the_assembled_model_loads_its_new_weights_and_answers_through_the_library(retrained):
+def test_the_assembled_model_loads_its_new_weights_and_answers_through_the_library(retrained, tensors):
     from models.generate import SamplingParams
     from models.nextgpt import NextGPT
     from models.types import Message
 
-    saved = load_file(retrained / "model" / "nextgpt" / "pytorch_model.safetensors")
+    saved, _ = tensors["nextgpt/pytorch_model.safetensors"]
     model = NextGPT.from_pretrained(retrained / "model", devices="cpu")
     try:
         loaded = model.llm.llama_proj.weight.detach().to(saved["llama_proj.weight"].dtype)
