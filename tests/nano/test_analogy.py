@@ -2,13 +2,15 @@
 and composing as their docstrings say."""
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
 import torch
 
 from weights.nano import world
-from weights.nano.analogy import SignalMemory, analogy_loss, caption_attributes, composed_samples, sample_attributes
+from weights.nano.analogy import (ATTRIBUTES, SignalMemory, analogy_loss, caption_attributes, composed_samples,
+                                  sample_attributes)
 
 
 def test_captions_read_as_attribute_tuples_with_none_for_what_they_do_not_name():
@@ -96,9 +98,10 @@ def test_analogy_loss_penalises_a_projection_that_snaps_a_corner_to_a_seen_capti
 
 
 @pytest.mark.parametrize("modality", ["audio", "image", "video"])
-def test_composed_samples_are_seen_combinations_made_of_three_bank_embeddings(modality):
+def test_composed_samples_are_combinations_made_of_three_seen_bank_embeddings(modality):
     """With embeddings that add up by construction (one code per attribute value), each composed
-    row is its own combination's code, which is a seen one; tones at unnamed pitches take no part."""
+    row is its own combination's code, a seen one, or with `unseen` a held-out one (the lattice's
+    corners no bank sample has); tones at unnamed pitches take no part."""
     rng = random.Random(0)
     if modality == "audio":
         items = [world.random_tone(rng, world.tone_pairs()) for _ in range(120)] + [world.unnamed_pitch_tone(rng)]
@@ -118,14 +121,20 @@ def test_composed_samples_are_seen_combinations_made_of_three_bank_embeddings(mo
         return sum(code[a] for a in attrs)
 
     embeds = torch.stack([code_of(s) for s in items])
-    samples, rows = composed_samples(modality, items, embeds, 30)
-    assert len(samples) == 30 and rows.shape == (30, 16)
-    for sample, row in zip(samples, rows):
-        assert sample_attributes(modality, sample) in seen
-        want = code_of(sample)
-        torch.testing.assert_close(row / row.norm(), want / want.norm())
-    torch.testing.assert_close(rows.norm(dim=1), embeds.norm(dim=1).mean().expand(30))
-    assert len(set(samples)) == 30 and not set(samples) & set(items)  # each has its own row in the bank's index
+    present = {sample_attributes(modality, s) for s in items} - {None}
+    lattice = set(itertools.product(*ATTRIBUTES[modality]))
+    assert present <= seen
+    if modality != "video":  # a few videos leave some seen triples out of the bank
+        assert lattice - present == set(world.tone_pairs(True) if modality == "audio" else world.shape_pairs(True))
+    for unseen, corners in ((False, present), (True, lattice - present)):  # seen combinations; unseen corners
+        samples, rows = composed_samples(modality, items, embeds, 30, unseen=unseen)
+        assert len(samples) == 30 and rows.shape == (30, 16)
+        assert {sample_attributes(modality, s) for s in samples} <= corners
+        for sample, row in zip(samples, rows):
+            want = code_of(sample)
+            torch.testing.assert_close(row / row.norm(), want / want.norm())
+        torch.testing.assert_close(rows.norm(dim=1), embeds.norm(dim=1).mean().expand(30))
+        assert len(set(samples)) == 30 and not set(samples) & set(items)  # each has its own row in the bank's index
 
 
 def test_a_bank_with_no_parallelogram_composes_nothing():

@@ -88,40 +88,6 @@ def test_play_requests_name_a_pair_a_pitch_alone_or_a_timbre_alone():
     assert "buzzy tone" in user.text and reply.gen == ("audio", "a buzzy tone")
 
 
-def test_bank_conversations_draw_composed_media_as_the_seen_combination_they_compose_to():
-    """NExT-GPT's stages talk about the bank's media and, a share `bank.COMPOSED` of the
-    time, about composed ones, captioned as the seen combination they compose to (align_input's
-    captions included); the held-out combinations stay unpaired with media."""
-    from weights.nano import bank as media_bank
-    from weights.nano.analogy import sample_attributes
-    from weights.nano.language import describe
-
-    rng = random.Random(0)
-    items = {"image": [world.random_shape(rng, world.shape_pairs()) for _ in range(90)],
-             "video": [world.random_video(rng, world.shape_pairs()) for _ in range(240)],
-             "audio": [world.random_tone(rng, world.tone_pairs()) for _ in range(60)]}
-    g = torch.Generator().manual_seed(0)
-    embeds = {m: torch.randn(len(v), 8, generator=g) for m, v in items.items()}
-    plain = media_bank.Bank(items, embeds, {m: {s: k for k, s in enumerate(v)} for m, v in items.items()})
-    bank, composed = media_bank.with_composed(plain)
-    d = media_bank.BankDialogues(bank, composed)
-    draws = {"image": [d.shape(rng) for _ in range(3000)], "video": [d.video(rng) for _ in range(3000)],
-             "audio": [d.tone(rng) for _ in range(3000)]}
-    is_composed = {m: set(v) for m, v in composed.items()}
-    for m, drawn in draws.items():
-        made = [s for s in drawn if s in is_composed[m]]
-        assert abs(len(made) / len(drawn) - media_bank.COMPOSED[m]) < 0.03
-        assert all(bank.index[m][s] >= len(items[m]) for s in made)  # its own row, after the bank's media
-        assert all(bank.embedding(m, s).shape == (8,) for s in drawn)
-        held = world.HELD_OUT_TONES if m == "audio" else world.HELD_OUT_SHAPES
-        assert not {sample_attributes(m, s)[:2] for s in drawn} & held
-    captions = [describe(random.Random(k), d) for k in range(300)]  # align_input's captioning
-    for user, answer in captions:
-        (m, s), = user.media.items()
-        if s in is_composed[m]:
-            assert answer.text.lower().startswith(world.article(f"a {sample_attributes(m, s)[0]}").lower())
-
-
 def _partials(wave: np.ndarray, threshold: float = 0.05) -> list[float]:
     """The frequencies (Hz) of a wave's spectral peaks above `threshold` of the highest."""
     mag = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))

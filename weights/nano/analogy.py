@@ -126,14 +126,18 @@ def _placeholder(modality: str, attrs: tuple, serial: int):
 
 
 def composed_samples(modality: str, items: list, embeds: torch.Tensor, n: int,
-                     seed: int = 0) -> tuple[list, torch.Tensor]:
+                     seed: int = 0, unseen: bool = False) -> tuple[list, torch.Tensor]:
     """Up to n samples seen as a composition: the ImageBind embedding e_a + e_b - e_c of three bank
     samples of seen combinations a, b, c that make a parallelogram with a seen combination d
     (each attribute of c is a's or b's, d takes the other), rescaled to the bank's mean norm, as
     a sample of d. A held-out combination's embedding lies close to such a sum (cosine 0.97-0.99
     for images, 0.8-0.9 for tones, session 29), so an input projection and LLM that read the sums
-    right read it right too."""
-    rng = random.Random(f"composed:{modality}:{seed}")
+    right read it right too.
+
+    With `unseen`, d is instead a corner of the lattice no bank sample has (in this world, a
+    held-out pair): the sum is made of seen samples' embeddings only, as the analogy term's
+    targets at those corners are made of seen captions' conditionings."""
+    rng = random.Random(f"{'corner' if unseen else 'composed'}:{modality}:{seed}")
     by_key: dict[tuple, list[int]] = {}
     for row, sample in enumerate(items):
         key = sample_attributes(modality, sample)
@@ -147,7 +151,7 @@ def composed_samples(modality: str, items: list, embeds: torch.Tensor, n: int,
             break
         a, b = rng.sample(keys, 2)
         c, d = parallelogram(a, b, rng)
-        if len({a, b, c, d}) < 4 or c not in by_key or d not in by_key:
+        if len({a, b, c, d}) < 4 or c not in by_key or (d in by_key) != (not unseen):
             continue
         e = sum(sign * embeds[rng.choice(by_key[k])] for sign, k in ((1, a), (1, b), (-1, c)))
         rows.append(e / e.norm() * norm)

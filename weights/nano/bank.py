@@ -20,11 +20,11 @@ from models.encoder import WEIGHTS_FILE, ImageBindEncoder
 from models.media import VideoClip
 from models.signals import MODALITIES
 
-from . import world
+from . import dialogue, world
 from .analogy import composed_samples
 from .common import Context
 from .config import Budget
-from .dialogue import Dialogues
+from .dialogue import Conversation, Dialogues, Turn
 
 
 @dataclass
@@ -102,31 +102,60 @@ TIMBRE_REQUESTS = 0.2
 COMPOSED = {"image": 0.2, "video": 0.2, "audio": 0.2}
 COMPOSED_PER_MODALITY = 400  # composed samples made once per stage, drawn from as the bank's are
 
+# The share of single questions about a modality's media that `instruct` asks instead of a
+# composed embedding at a corner of the lattice no bank sample has (the held-out pairs): e_a + e_b
+# - e_c of three seen samples, asked about one attribute only ("Is it high or low?" "It is a low
+# tone."), never described, drawn, played or animated, so no held-out caption is spoken and no
+# held-out request is made. It is the input side of the analogy term: the LLM reads each attribute
+# of a sum of seen embeddings wherever in the lattice it lies, as the output projection maps sums
+# of seen states there. Tones only: their held-out embeddings lie farthest from their sums (cosine
+# 0.8-0.9) and their read is what draws of the language stages lose (docs/nano-history.md,
+# sessions 32-36); images and videos are read right at 100% on every draw since session 34.
+CORNERS = {"image": 0.0, "video": 0.0, "audio": 0.2}
+CORNERS_PER_MODALITY = 200
 
-def with_composed(bank: Bank) -> tuple[Bank, dict[str, list]]:
-    """The bank with `COMPOSED_PER_MODALITY` composed samples of each modality after its own,
-    and those samples by modality."""
-    items, embeds, composed = {}, {}, {}
+ATTRIBUTE_QUESTION = {"image": dialogue.image_question, "video": dialogue.video_question,
+                      "audio": dialogue.audio_question}
+
+
+@dataclass
+class Composed:
+    """The media the language stages draw on besides the bank's own, by modality."""
+
+    seen: dict[str, list]  # composed samples of seen combinations
+    corners: dict[str, list]  # composed samples of the lattice's unseen corners
+
+
+def with_composed(bank: Bank) -> tuple[Bank, Composed]:
+    """The bank with `COMPOSED_PER_MODALITY` composed samples of seen combinations and
+    `CORNERS_PER_MODALITY` of unseen corners (where `CORNERS` asks about them) of each modality
+    after its own, and those samples."""
+    items, embeds, composed = {}, {}, Composed({}, {})
     for m in MODALITIES:
-        composed[m], rows = composed_samples(m, bank.items[m], bank.embeds[m], COMPOSED_PER_MODALITY)
-        items[m] = bank.items[m] + composed[m]
-        embeds[m] = torch.cat([bank.embeds[m], rows])
+        composed.seen[m], seen_rows = composed_samples(m, bank.items[m], bank.embeds[m], COMPOSED_PER_MODALITY)
+        corners = CORNERS_PER_MODALITY if CORNERS[m] else 0  # made only where asked about
+        composed.corners[m], corner_rows = composed_samples(m, bank.items[m], bank.embeds[m], corners, unseen=True)
+        items[m] = bank.items[m] + composed.seen[m] + composed.corners[m]
+        embeds[m] = torch.cat([bank.embeds[m], seen_rows, corner_rows])
     index = {m: {s: k for k, s in enumerate(items[m])} for m in items}
     return Bank(items, embeds, index), composed
 
 
 class BankDialogues(Dialogues):
     """Conversations whose media come from the bank (so their embeddings are known): its media
-    and, a share `COMPOSED` of the time, composed ones."""
+    and, a share `COMPOSED` of the time, composed ones; and, in `conversation`, a share `CORNERS`
+    of single questions about media asked of an unseen corner's composed embedding."""
 
-    def __init__(self, bank: Bank, composed: dict[str, list]):
+    def __init__(self, bank: Bank, composed: Composed):
         super().__init__(held_out=False, timbre_requests=TIMBRE_REQUESTS)
         self.composed = composed
-        self.made = {m: bank.items[m][:len(bank.items[m]) - len(composed[m])] for m in MODALITIES}  # composed last
+        extra = {m: set(composed.seen[m]) | set(composed.corners[m]) for m in MODALITIES}
+        self.made = {m: [s for s in bank.items[m] if s not in extra[m]] for m in MODALITIES}
 
     def _draw(self, rng, modality: str):
-        composed = rng.random() < COMPOSED[modality] and self.composed[modality]  # none in a tiny bank
-        return rng.choice(self.composed[modality] if composed else self.made[modality])
+        seen = self.composed.seen[modality]
+        composed = rng.random() < COMPOSED[modality] and seen  # none in a tiny bank
+        return rng.choice(seen if composed else self.made[modality])
 
     def shape(self, rng):
         return self._draw(rng, "image")
@@ -136,3 +165,14 @@ class BankDialogues(Dialogues):
 
     def video(self, rng):
         return self._draw(rng, "video")
+
+    def conversation(self, rng) -> Conversation:
+        conv = super().conversation(rng)
+        if len(conv) == 2 and len(conv[0].media) == 1:  # a single question about one media item
+            (modality, _), = conv[0].media.items()
+            corners = self.composed.corners[modality]
+            if CORNERS[modality] and corners and rng.random() < CORNERS[modality]:
+                sample = rng.choice(corners)
+                question, answer = ATTRIBUTE_QUESTION[modality](rng, sample, describe=False)
+                return [Turn("user", question, {modality: sample}), Turn("assistant", answer)]
+        return conv

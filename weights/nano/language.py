@@ -12,7 +12,8 @@ stages on top of it, exactly on the release's modules (LoRA Llama, `llama_proj`,
    generation, follow-ups), the projections still trained on the same MSE.
 
 The media they talk about reach the LLM as ImageBind embeddings from `bank` (made once per
-encoder), a share of them composed of seen combinations' embeddings (`bank.with_composed`).
+encoder), a share of them composed of seen combinations' embeddings (`bank.with_composed`),
+and in `instruct` some single questions asked of the unseen corners' compositions.
 
 Each stage ends in `state.safetensors` under the release's key names (`release_targets`), which
 the next stage loads with the release loader and `assemble` writes out as fp16.
