@@ -15,13 +15,15 @@ are the held-out pairs), the target is t_a + t_b - t_c, the same sum of the seen
 conditionings: the projection is asked to be affine over the lattice of seen states, not to
 snap a corner onto its nearest seen neighbour (session 33: with additive states an orange square
 still landed on "an orange circle"). Only seen requests' states and seen captions'
-conditionings are ever used: no held-out caption is encoded, and the held-out pairs stay unpaired
-with media in every stage.
+conditionings are ever used: no held-out caption is encoded, and no media of a held-out pair is
+made in any stage.
 
 The input side has the same gap: the input projection and the LLM, fitted to the seen
 combinations' embeddings, may read a held-out one as its nearest seen neighbour. So the language
 stages also talk about composed media (`composed_samples`): ImageBind embeddings e_a + e_b - e_c
-of seen a, b, c, captioned as the seen d they make a parallelogram with.
+of seen a, b, c, captioned as the seen d they make a parallelogram with; and `instruct` asks some
+questions about tones of such sums whose d is a corner no sample has, answered as d
+(`bank.CORNERS`). No media of a held-out pair is ever made or embedded.
 """
 from __future__ import annotations
 

@@ -83,9 +83,8 @@ def _shape_kw(s) -> dict:
     return {"colour": s.colour, "shape": s.shape}
 
 
-def image_question(rng, s: ShapeSample, describe: bool = True) -> tuple[str, str]:
-    """A question about an image and its answer; with `describe` False, about one attribute only."""
-    kind = rng.choice(("describe", "describe", "colour", "shape") if describe else ("colour", "shape"))
+def image_question(rng, s: ShapeSample) -> tuple[str, str]:
+    kind = rng.choice(("describe", "describe", "colour", "shape"))
     if kind == "describe":
         return _fill(rng, DESCRIBE_IMAGE), _fill(rng, ANSWER_IMAGE, **_shape_kw(s))
     if kind == "colour":
@@ -93,8 +92,8 @@ def image_question(rng, s: ShapeSample, describe: bool = True) -> tuple[str, str
     return _fill(rng, ASK_SHAPE), _fill(rng, ANSWER_SHAPE, **_shape_kw(s))
 
 
-def audio_question(rng, t: ToneSample, describe: bool = True) -> tuple[str, str]:
-    kind = rng.choice(("describe", "describe", "pitch", "timbre") if describe else ("pitch", "timbre"))
+def audio_question(rng, t: ToneSample) -> tuple[str, str]:
+    kind = rng.choice(("describe", "describe", "pitch", "timbre"))
     kw = {"pitch": t.pitch, "timbre": t.timbre}
     if kind == "describe":
         return _fill(rng, DESCRIBE_AUDIO), _fill(rng, ANSWER_AUDIO, **kw)
@@ -103,9 +102,8 @@ def audio_question(rng, t: ToneSample, describe: bool = True) -> tuple[str, str]
     return _fill(rng, ASK_TIMBRE), _fill(rng, ANSWER_TIMBRE, **kw)
 
 
-def video_question(rng, v: VideoSample, describe: bool = True) -> tuple[str, str]:
-    kinds = ("direction", "direction", "colour", "shape")
-    kind = rng.choice(("describe", "describe") + kinds if describe else kinds)
+def video_question(rng, v: VideoSample) -> tuple[str, str]:
+    kind = rng.choice(("describe", "describe", "direction", "direction", "colour", "shape"))
     kw = {**_shape_kw(v), "direction": v.direction}
     if kind == "describe":
         return _fill(rng, DESCRIBE_VIDEO), _fill(rng, ANSWER_VIDEO, **kw)

@@ -55,7 +55,7 @@ def stage_llm(ctx: Context) -> dict:
     knows "a green triangle" is a phrase long before NExT-GPT shows it an image of one. Text that
     never put "green" before "triangle" would teach the LLM that the phrase cannot occur, and an
     answer about a held-out image would bend to a seen pair whatever the image embedding says.
-    What stays held out is every pairing of those combinations with media, in every stage."""
+    What stays held out is their media: no stage makes or embeds an image, sound or video of one."""
     stage = "llm"
     ctx.seed_torch(stage)
     rng = ctx.rng(stage)

@@ -2,7 +2,9 @@
 conversations NExT-GPT's stages train on, all drawn from a seeded random generator.
 
 Every sample is a pure function of (seed, index), so a stage that is re-run sees the same data.
-Some attribute combinations are held out of every training stage; the eval asks about them.
+Some attribute combinations are held out: no training stage makes media of them (`instruct`
+talks about sums of seen tones' embeddings that compose to one, `bank.CORNERS`); the eval asks
+about them.
 """
 from __future__ import annotations
 
