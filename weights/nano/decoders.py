@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import (AudioLDMPipeline, AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler,
                        StableDiffusionPipeline, UNet2DConditionModel)
-from transformers import (AutoTokenizer, ClapTextModelWithProjection, CLIPTextModel, SpeechT5HifiGan,
-                          SpeechT5HifiGanConfig)
+from transformers import AutoTokenizer, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
 from .. import tiny_decoders
 from ..tokenizers_local import clip_tokenizer, llama_tokenizer, roberta_tokenizer
