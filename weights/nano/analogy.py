@@ -153,7 +153,7 @@ def composed_samples(modality: str, items: list, embeds: torch.Tensor, n: int,
             break
         a, b = rng.sample(keys, 2)
         c, d = parallelogram(a, b, rng)
-        if len({a, b, c, d}) < 4 or c not in by_key or (d in by_key) != (not unseen):
+        if len({a, b, c, d}) < 4 or c not in by_key or (d in by_key) == unseen:
             continue
         e = sum(sign * embeds[rng.choice(by_key[k])] for sign, k in ((1, a), (1, b), (-1, c)))
         rows.append(e / e.norm() * norm)
