@@ -101,7 +101,7 @@ def test_the_video_diagnosis_sees_the_decoder_hear_the_direction():
     direction at high noise, about 15 px the named way)."""
     from weights.nano.diagnose_video import NOISE_BANDS, diagnose
 
-    res = diagnose(DEFAULT_OUT, clips_per_direction=1)
+    res = diagnose(DEFAULT_OUT, clips_per_direction=1, prompted=1)
     assert res["direction_caption_distance"] > 0.01 and res["colour_caption_distance"] > 0.01
     assert set(res["errors"]) == set(res["true_caption_gain"]) == set(NOISE_BANDS)
     for band, table in res["errors"].items():
@@ -110,6 +110,9 @@ def test_the_video_diagnosis_sees_the_decoder_hear_the_direction():
     travel = res["first_guess_travel"]
     assert travel["left"][0] < -5 and travel["right"][0] > 5, travel
     assert travel["up"][1] < -5 and travel["down"][1] > 5, travel
+    # prompted directly, a red circle (the first seen pair) moves each way it is asked
+    moved_as_asked = {named: got[named] for named, got in res["prompted"].items()}
+    assert moved_as_asked == dict.fromkeys(world.DIRECTIONS, 1), res["prompted"]
 
 
 def test_the_projection_diagnosis_lands_seen_requests_on_their_own_caption(nano):

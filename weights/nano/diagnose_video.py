@@ -8,21 +8,26 @@
 - the motion in its first guess: from pure-ish noise (t=950) the UNet's estimate of the clean clip
   is about the mean clip for the caption, so the centroid of that estimate should travel about
   15 px the named way (a shape moving right starts at the left); a UNet deaf to direction gives
-  the same small travel whatever the caption names.
+  the same small travel whatever the caption names;
+- with `--prompted N`, what all that is a proxy for: N clips a direction sampled from the decoder
+  prompted directly ("a red circle moving left", seen pairs, nano's sampling defaults) and the
+  direction their centroid track moves (`measure.direction_of`, as `nextgpt eval nano` judges).
 
-`python -m weights.nano.diagnose_video [MODEL_DIR] [--clips N]`
+`python -m weights.nano.diagnose_video [MODEL_DIR] [--clips N] [--prompted N]`
 """
 from __future__ import annotations
 
 import argparse
 import random
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import world
+from . import measure, world
+from .config import DECODER_DEFAULTS
 from .decoders import clip_encode, noise_schedule
 from .video import video_latents
 
@@ -83,14 +88,30 @@ def first_guess_travel(pipe, t: int = FIRST_GUESS_T, draws: int = 8) -> dict[str
     return out
 
 
+def prompted_directions(pipe, clips_per_direction: int) -> dict[str, Counter]:
+    """{named direction: Counter of the directions measured} over clips sampled from the decoder
+    prompted directly, the i-th clip of every direction with seed i and the i-th seen pair."""
+    pairs, out = world.shape_pairs(), {}
+    for named in world.DIRECTIONS:
+        out[named] = Counter()
+        for i in range(clips_per_direction):
+            colour, shape = pairs[i % len(pairs)]
+            frames = pipe(world.article(f"a {colour} {shape} moving {named}"), output_type="np",
+                          generator=torch.Generator().manual_seed(i),
+                          **{k: v for k, v in DECODER_DEFAULTS["video"].items() if k != "fps"}).frames[0]
+            out[named][measure.direction_of(np.round(frames * 255).clip(0, 255).astype(np.uint8))] += 1
+    return out
+
+
 @torch.no_grad()
-def diagnose(model_dir: Path, clips_per_direction: int = 6) -> dict:
+def diagnose(model_dir: Path, clips_per_direction: int = 6, prompted: int = 0) -> dict:
     from models.decoders import load_pipeline
 
     from .config import nano_config
 
     pipe = load_pipeline("video", Path(model_dir) / nano_config().components.video, torch.float32)
     pipe.unet.eval(), pipe.text_encoder.eval()
+    pipe.set_progress_bar_config(disable=True)
     directions = caption_distances(pipe.tokenizer, pipe.text_encoder,
                                    [f"a red circle moving {d}" for d in world.DIRECTIONS])
     colours = caption_distances(pipe.tokenizer, pipe.text_encoder,
@@ -102,7 +123,7 @@ def diagnose(model_dir: Path, clips_per_direction: int = 6) -> dict:
             for band, t in errors.items()}
     return {"direction_caption_distance": float(directions[np.triu_indices(4, 1)].mean()),
             "colour_caption_distance": float(colours[0, 1]), "errors": errors, "true_caption_gain": gain,
-            "first_guess_travel": travel}
+            "first_guess_travel": travel, "prompted": prompted_directions(pipe, prompted) if prompted else {}}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,8 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m weights.nano.diagnose_video", description=__doc__.split("\n\n")[0])
     p.add_argument("model_dir", nargs="?", type=Path, default=preset_dir("nano"))
     p.add_argument("--clips", type=int, default=6, help="clips per direction")
+    p.add_argument("--prompted", type=int, default=0, metavar="N",
+                   help="also sample N clips a direction from the decoder prompted directly (about 2 s each)")
     args = p.parse_args(argv)
-    res = diagnose(args.model_dir, args.clips)
+    res = diagnose(args.model_dir, args.clips, args.prompted)
     print(f"cosine distance of the conditionings: directions {res['direction_caption_distance']:.5f} (mean), "
           f"red vs blue {res['colour_caption_distance']:.5f}")
     for (lo, hi), table in res["errors"].items():
@@ -122,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"first guess from noise (t={FIRST_GUESS_T}): centroid travel (dx, dy) in px under each named direction")
     for named, (dx, dy) in res["first_guess_travel"].items():
         print(f"  {named:>5}: {dx:+.1f} {dy:+.1f}")
+    if res["prompted"]:
+        print("prompted directly: clips moving the named way (what the others moved)")
+    for named, got in res["prompted"].items():
+        wrong = ", ".join(f"{k or 'still'} {n}" for k, n in got.items() if k != named)
+        print(f"  {named:>5}: {got[named]}/{sum(got.values())}" + (f" ({wrong})" if wrong else ""))
     return 0
 
 
