@@ -63,7 +63,7 @@ class Budget:
 
     steps: dict[str, int] = field(default_factory=lambda: {
         "image_vae": 800, "image_unet": 1200, "vocoder": 800, "audio_vae": 400, "audio_unet": 1400,
-        "video_unet": 500, "video_motion": 450, "imagebind": 1800, "llm": 1500, "align_input": 600,
+        "video_unet": 500, "video_motion": 600, "imagebind": 1800, "llm": 1500, "align_input": 600,
         "align_output": 800, "instruct": 2500,
     })
     batch: dict[str, int] = field(default_factory=lambda: {
