@@ -97,8 +97,8 @@ def test_generated_text_carries_no_signal_tokens(nano):
 def test_the_video_diagnosis_sees_the_decoder_hear_the_direction():
     """`python -m weights.nano.diagnose_video` on nano after `video_motion` (before it: direction
     captions 0.0004 apart, the same error under every direction's caption, a first guess that
-    travelled 0-3 px whatever the caption named; now 0.07, 18% lower error under the true
-    direction at high noise, about 15 px the named way)."""
+    travelled 0-3 px whatever the caption named; now about 0.07, 12-19% lower error under the
+    true direction at high noise, about 15 px the named way)."""
     from weights.nano.diagnose_video import NOISE_BANDS, diagnose
 
     res = diagnose(DEFAULT_OUT, clips_per_direction=1, prompted=1)
