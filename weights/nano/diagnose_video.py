@@ -9,8 +9,8 @@
   is about the mean clip for the caption, so the centroid of that estimate should travel about
   15 px the named way (a shape moving right starts at the left); a UNet deaf to direction gives
   the same small travel whatever the caption names;
-- with `--prompted N`, what all that is a proxy for: N clips a direction sampled from the decoder
-  prompted directly ("a red circle moving left", seen pairs, nano's sampling defaults) and the
+- with `--prompted N`, what all that is a proxy for: N clips a direction the decoder makes from
+  captions' own conditionings ("a red circle moving left", seen pairs, nano's defaults) and the
   direction their centroid track moves (`measure.direction_of`, as `nextgpt eval nano` judges).
 
 `python -m weights.nano.diagnose_video [MODEL_DIR] [--clips N] [--prompted N]`
@@ -27,7 +27,6 @@ import torch
 import torch.nn.functional as F
 
 from . import measure, world
-from .config import DECODER_DEFAULTS
 from .decoders import clip_encode, noise_schedule
 from .video import video_latents
 
@@ -88,30 +87,33 @@ def first_guess_travel(pipe, t: int = FIRST_GUESS_T, draws: int = 8) -> dict[str
     return out
 
 
-def prompted_directions(pipe, clips_per_direction: int) -> dict[str, Counter]:
-    """{named direction: Counter of the directions measured} over clips sampled from the decoder
-    prompted directly, the i-th clip of every direction with seed i and the i-th seen pair."""
+def prompted_directions(decoder, clips_per_direction: int) -> dict[str, Counter]:
+    """{named direction: Counter of the directions measured} over clips the model's video decoder
+    (models.decoders.Decoder, at its defaults) makes from captions' own conditionings, the i-th
+    clip of every direction with seed i and the i-th seen pair."""
     pairs, out = world.shape_pairs(), {}
     for named in world.DIRECTIONS:
         out[named] = Counter()
         for i in range(clips_per_direction):
             colour, shape = pairs[i % len(pairs)]
-            frames = pipe(world.article(f"a {colour} {shape} moving {named}"), output_type="np",
-                          generator=torch.Generator().manual_seed(i),
-                          **{k: v for k, v in DECODER_DEFAULTS["video"].items() if k != "fps"}).frames[0]
-            out[named][measure.direction_of(np.round(frames * 255).clip(0, 255).astype(np.uint8))] += 1
+            cond = clip_encode(decoder.pipe.tokenizer, decoder.pipe.text_encoder,
+                               [world.article(f"a {colour} {shape} moving {named}")])
+            frames, = decoder(cond, decoder.defaults, seeds=[i])
+            out[named][measure.direction_of(frames)] += 1
     return out
 
 
 @torch.no_grad()
 def diagnose(model_dir: Path, clips_per_direction: int = 6, prompted: int = 0) -> dict:
-    from models.decoders import load_pipeline
+    from models.decoders import Decoder, VideoParams
 
     from .config import nano_config
 
-    pipe = load_pipeline("video", Path(model_dir) / nano_config().components.video, torch.float32)
+    config = nano_config()
+    decoder = Decoder.from_pretrained("video", Path(model_dir) / config.components.video,
+                                      VideoParams(**config.decoder_defaults["video"]))
+    pipe = decoder.pipe
     pipe.unet.eval(), pipe.text_encoder.eval()
-    pipe.set_progress_bar_config(disable=True)
     directions = caption_distances(pipe.tokenizer, pipe.text_encoder,
                                    [f"a red circle moving {d}" for d in world.DIRECTIONS])
     colours = caption_distances(pipe.tokenizer, pipe.text_encoder,
@@ -123,7 +125,7 @@ def diagnose(model_dir: Path, clips_per_direction: int = 6, prompted: int = 0) -
             for band, t in errors.items()}
     return {"direction_caption_distance": float(directions[np.triu_indices(4, 1)].mean()),
             "colour_caption_distance": float(colours[0, 1]), "errors": errors, "true_caption_gain": gain,
-            "first_guess_travel": travel, "prompted": prompted_directions(pipe, prompted) if prompted else {}}
+            "first_guess_travel": travel, "prompted": prompted_directions(decoder, prompted) if prompted else {}}
 
 
 def main(argv: list[str] | None = None) -> int:
